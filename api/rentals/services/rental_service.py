@@ -1,0 +1,190 @@
+"""Starting and closing rentals. Every write to a Rental goes through this module."""
+
+import logging
+import secrets
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from api.rentals.models import (
+    OPEN_RENTAL_STATUSES,
+    PaymentModel,
+    PaymentStatus,
+    Rental,
+    RentalPackage,
+    RentalStatus,
+)
+from api.rentals.services.charges import Charges, compute_charges
+from api.rentals.signals import rental_completed
+from api.stations.models import PowerBank, PowerBankStatus, SlotStatus, Station, StationSlot
+from main_app.exceptions import Conflict
+
+logger = logging.getLogger(__name__)
+
+# Unambiguous characters only: no 0/O, 1/I/L.
+CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+CODE_LENGTH = 8
+
+
+def new_rental_code() -> str:
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+
+
+def charges_for(rental: Rental, ended_at: datetime) -> Charges:
+    package = rental.package
+    if package is None:
+        # A rental without a package (imported or created by hand) costs nothing.
+        package = RentalPackage(
+            duration_minutes=max(1, int((rental.due_at - rental.started_at).total_seconds() // 60)),
+            price=0,
+        )
+    return compute_charges(
+        price=package.price,
+        duration_minutes=package.duration_minutes,
+        payment_model=package.payment_model,
+        late_multiplier=package.late_multiplier,
+        grace_minutes=package.grace_minutes,
+        started_at=rental.started_at,
+        due_at=rental.due_at,
+        ended_at=ended_at,
+    )
+
+
+def _send_completed(rental: Rental, *, offline_return: bool) -> None:
+    try:
+        rental_completed.send_robust(sender=Rental, rental=rental, offline_return=offline_return)
+    except Exception:  # pragma: no cover - send_robust already isolates receivers
+        logger.exception("rental_completed receivers failed for %s", rental.rental_code)
+
+
+class RentalService:
+    """Rental lifecycle: start, complete on return, mark overdue."""
+
+    OPEN_STATUSES = OPEN_RENTAL_STATUSES
+
+    @staticmethod
+    def open_rentals_for(power_bank_ids: Iterable[int]):
+        """Open rentals of these banks, locked, with their packages (caller is in a transaction)."""
+        return (
+            Rental.objects.select_for_update(of=("self",))
+            .select_related("package")
+            .filter(power_bank_id__in=list(power_bank_ids), status__in=OPEN_RENTAL_STATUSES)
+        )
+
+    @staticmethod
+    def complete(
+        rental: Rental,
+        *,
+        ended_at: datetime,
+        return_station: Station,
+        battery_level: int | None,
+        now: datetime | None = None,
+    ) -> Charges:
+        """
+        Close `rental` in memory: end time, return station, on-time flag, charges, payment.
+
+        The end time is the moment the bank went back, kept between the rental's start and
+        `now`. The caller saves (one row or in bulk) and must hold the rental's row lock.
+        """
+        now = now or timezone.now()
+        ended_at = min(max(ended_at, rental.started_at), max(now, rental.started_at))
+        charges = charges_for(rental, ended_at)
+        rental.status = RentalStatus.COMPLETED
+        rental.ended_at = ended_at
+        rental.return_station = return_station
+        rental.is_returned_on_time = charges.is_on_time
+        rental.base_amount = charges.base_amount
+        rental.overdue_amount = charges.overdue_amount
+        rental.payment_status = charges.payment_status
+        rental.return_battery_level = battery_level
+        return charges
+
+    COMPLETION_FIELDS = [
+        "status",
+        "ended_at",
+        "return_station",
+        "is_returned_on_time",
+        "base_amount",
+        "overdue_amount",
+        "payment_status",
+        "return_battery_level",
+        "updated_at",
+    ]
+
+    @classmethod
+    def announce_completed(cls, rentals: Iterable[Rental], *, offline_return: bool) -> None:
+        """Send `rental_completed` for each rental once the current transaction commits."""
+        for rental in rentals:
+            transaction.on_commit(
+                lambda rental=rental: _send_completed(rental, offline_return=offline_return)
+            )
+
+    @staticmethod
+    @transaction.atomic
+    def start_rental(
+        *,
+        user,
+        power_bank: PowerBank,
+        package: RentalPackage,
+        started_at: datetime | None = None,
+    ) -> Rental:
+        """
+        Hand `power_bank` to `user` on `package`: the bank leaves its slot and is RENTED.
+
+        Raises `Conflict` when the bank is already rented or not available.
+        """
+        bank = PowerBank.objects.select_for_update().get(pk=power_bank.pk)
+        if bank.status != PowerBankStatus.AVAILABLE:
+            raise Conflict(f"Power bank {bank.serial_number} is {bank.status}, not AVAILABLE.")
+        if Rental.objects.filter(power_bank=bank, status__in=OPEN_RENTAL_STATUSES).exists():
+            raise Conflict(f"Power bank {bank.serial_number} is already rented.")
+        started_at = started_at or timezone.now()
+        for _attempt in range(5):
+            try:
+                with transaction.atomic():
+                    rental = Rental.objects.create(
+                        rental_code=new_rental_code(),
+                        user=user,
+                        power_bank=bank,
+                        package=package,
+                        status=RentalStatus.ACTIVE,
+                        started_at=started_at,
+                        due_at=started_at + timedelta(minutes=package.duration_minutes),
+                        station=bank.current_station,
+                        base_amount=package.price,
+                        payment_status=(
+                            PaymentStatus.PAID
+                            if package.payment_model == PaymentModel.PREPAID
+                            else PaymentStatus.PENDING
+                        ),
+                    )
+                break
+            except IntegrityError:
+                if Rental.objects.filter(power_bank=bank, status__in=OPEN_RENTAL_STATUSES).exists():
+                    raise Conflict(f"Power bank {bank.serial_number} is already rented.") from None
+                continue  # a rental code collision: draw another
+        else:  # pragma: no cover - 31^8 codes
+            raise Conflict("Could not allocate a rental code.")
+        if bank.current_slot_id:
+            StationSlot.objects.filter(pk=bank.current_slot_id, status=SlotStatus.OCCUPIED).update(
+                status=SlotStatus.AVAILABLE, battery_level=0, updated_at=timezone.now()
+            )
+        PowerBank.objects.filter(pk=bank.pk).update(
+            status=PowerBankStatus.RENTED,
+            current_slot=None,
+            current_station=None,
+            updated_at=timezone.now(),
+        )
+        logger.info("Rental %s started for bank %s", rental.rental_code, bank.serial_number)
+        return rental
+
+    @staticmethod
+    def mark_overdue(*, now: datetime | None = None) -> int:
+        """ACTIVE rentals past their due time become OVERDUE; returns how many."""
+        now = now or timezone.now()
+        return Rental.objects.filter(Q(status=RentalStatus.ACTIVE) & Q(due_at__lt=now)).update(
+            status=RentalStatus.OVERDUE, updated_at=now
+        )

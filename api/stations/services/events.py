@@ -1,0 +1,290 @@
+"""
+The event log and idempotency of the station data endpoint (DESIGN rules 1 and 2).
+
+Every delivery that passed the signature check gets a row, written first and outside the
+processing transaction so that it survives a rollback. The first delivery of a body owns
+the body's digest (the "primary" row) and carries the body's outcome; later deliveries of
+the same bytes (the sender retries the identical body with a new signature) are rows of
+their own, `duplicate_of` the primary.
+
+Processing locks the primary row, so concurrent identical bodies are applied once: the
+second waits, then finds the body PROCESSED and answers the original response. A body whose
+processing failed (5xx), or never finished, is processed again.
+"""
+
+import hashlib
+import json
+import logging
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from api.stations.models import IoTEvent, IoTEventOutcome
+from api.stations.services.schemas import parse_message
+from api.stations.services.station_sync_service import StationSyncService
+from main_app.exceptions import ApiError, InvalidJson
+
+logger = logging.getLogger(__name__)
+
+# Outcomes after which a body is never applied again.
+SETTLED = (IoTEventOutcome.PROCESSED, IoTEventOutcome.STALE)
+MAX_ATTEMPTS = 3
+RAW_BODY_KEPT = 64 * 1024
+
+
+@dataclass
+class Delivery:
+    """One request to the endpoint, from receipt to answer."""
+
+    event: IoTEvent
+    data: Any = None
+    decode_error: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    # Set once the answer is in the database, so finishing needs no further write.
+    recorded: bool = False
+
+    @property
+    def primary_id(self) -> int:
+        return self.event.duplicate_of_id or self.event.pk
+
+
+# Escapes that JSON allows but text columns do not store: NUL, and surrogate halves.
+_UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decode(body: bytes) -> tuple[Any, str | None]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "The body is not valid UTF-8."
+    if "\x00" in text:
+        return None, "The body contains a NUL character."
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None, "The body is not valid JSON."
+    if _UNSTORABLE_ESCAPE.search(body):
+        # Rare: only pay for the full check when such an escape is present at all.
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, "The body contains an unpaired surrogate escape."
+        if "\\u0000" in text.replace("\\\\", ""):
+            return None, "The body contains a NUL character."
+    return data, None
+
+
+def _describe(data: Any) -> tuple[str, str]:
+    """Message type and station serial for the log, best effort and length-capped."""
+    if not isinstance(data, dict):
+        return "", ""
+    message_type = data.get("type")
+    device = data.get("device")
+    serial = device.get("serial_number") if isinstance(device, dict) else None
+    return (
+        message_type[:16] if isinstance(message_type, str) else "",
+        serial[:64] if isinstance(serial, str) else "",
+    )
+
+
+def _save_without_breaking_transaction(event: IoTEvent) -> None:
+    # In autocommit (production) a failed INSERT costs nothing; inside an outer
+    # transaction (tests) it needs a savepoint so the transaction stays usable.
+    if connection.in_atomic_block:
+        with transaction.atomic():
+            event.save(force_insert=True)
+    else:
+        event.save(force_insert=True)
+
+
+def receive(*, body: bytes, source_ip: str | None) -> Delivery:
+    """Record a delivery. Must not run inside the processing transaction."""
+    data, decode_error = _decode(body)
+    message_type, serial = _describe(data)
+    event = IoTEvent(
+        received_at=timezone.now(),
+        message_type=message_type,
+        station_serial=serial,
+        source_ip=source_ip,
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        payload=data if decode_error is None else None,
+        raw_body=body[:RAW_BODY_KEPT].decode("utf-8", "replace") if decode_error else "",
+    )
+    try:
+        _save_without_breaking_transaction(event)
+    except IntegrityError:
+        # Seen before: this delivery is a duplicate row pointing at the first one.
+        event.pk = None
+        event.duplicate_of_id = (
+            IoTEvent.objects.filter(body_sha256=event.body_sha256, duplicate_of__isnull=True)
+            .values_list("pk", flat=True)
+            .get()
+        )
+        event.save(force_insert=True)
+    return Delivery(event=event, data=data, decode_error=decode_error)
+
+
+def _is_retryable(exc: Exception) -> bool:
+    """Deadlocks and serialization failures: PostgreSQL rolled back one side, try again."""
+    if isinstance(exc, IntegrityError):
+        return True
+    code = getattr(getattr(exc, "__cause__", None), "sqlstate", None)
+    return isinstance(exc, OperationalError) and code in ("40P01", "40001")
+
+
+def _envelope(message: str, data: dict) -> dict:
+    return {"success": True, "message": message, "data": data}
+
+
+def process(delivery: Delivery, *, service: StationSyncService | None = None) -> tuple[int, dict]:
+    """
+    Validate and apply a delivery; return (HTTP status, response body).
+
+    Raises `ApiError` for a body that is not a valid message; any other exception means
+    processing failed and the body may be processed again.
+    """
+    if delivery.decode_error:
+        raise InvalidJson(delivery.decode_error)
+    if not isinstance(delivery.data, dict):
+        raise InvalidJson("The body must be a JSON object.")
+    message = parse_message(delivery.data)
+    service = service or StationSyncService()
+
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                return _apply_once(delivery, message, service)
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == MAX_ATTEMPTS or not _is_retryable(exc):
+                raise
+            logger.warning(
+                "Event %s: %s on attempt %d, retrying",
+                delivery.event.pk,
+                type(exc).__name__,
+                attempt,
+            )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _apply_once(delivery: Delivery, message, service: StationSyncService) -> tuple[int, dict]:
+    primary = (
+        IoTEvent.objects.select_for_update()
+        .only("pk", "outcome", "http_status", "response")
+        .get(pk=delivery.primary_id)
+    )
+    if primary.outcome in SETTLED:
+        # Already applied: answer exactly as the first time, change nothing.
+        return primary.http_status or 200, primary.response
+
+    outcome = service.process(message)
+    body = _envelope(outcome.message, outcome.data)
+    IoTEvent.objects.filter(pk=primary.pk).update(
+        outcome=IoTEventOutcome.PROCESSED if outcome.applied else IoTEventOutcome.STALE,
+        http_status=200,
+        response=body,
+        error="",
+        processed_at=timezone.now(),
+        attempts=F("attempts") + 1,
+        duration_ms=_elapsed_ms(delivery),
+    )
+    # The primary row of this delivery now holds the answer: nothing left to write.
+    delivery.recorded = primary.pk == delivery.event.pk
+    return 200, body
+
+
+def _elapsed_ms(delivery: Delivery) -> float:
+    return round((time.perf_counter() - delivery.started) * 1000, 3)
+
+
+def finish(
+    delivery: Delivery,
+    *,
+    http_status: int,
+    response: Any,
+    exc: BaseException | None = None,
+) -> None:
+    """Write the answer to the delivery's row (and a failure to the body's primary row)."""
+    if delivery.recorded:
+        return
+    event = delivery.event
+    fields: dict[str, Any] = {
+        "http_status": http_status,
+        "response": response,
+        "duration_ms": _elapsed_ms(delivery),
+    }
+    if exc is not None:
+        fields["error"] = _operator_error(exc)
+    if event.duplicate_of_id:
+        fields["outcome"] = IoTEventOutcome.DUPLICATE
+    elif http_status >= 500:
+        fields["outcome"] = IoTEventOutcome.FAILED
+        fields["attempts"] = F("attempts") + 1
+    elif http_status >= 400:
+        fields["outcome"] = IoTEventOutcome.REJECTED
+    try:
+        IoTEvent.objects.filter(pk=event.pk).update(**fields)
+        if event.duplicate_of_id and http_status >= 500 and exc is not None:
+            mark_failed(event.duplicate_of_id, exc)
+    except Exception:  # the database may be the reason we are failing
+        logger.exception("Could not record the answer of event %s", event.pk)
+
+
+def _operator_error(exc: BaseException) -> str:
+    if isinstance(exc, ApiError):
+        detail = f"{exc.code}: {exc.message}"
+        if exc.errors:
+            detail += "\n" + json.dumps(exc.errors, ensure_ascii=False, indent=1)
+        return detail
+    return "".join(traceback.format_exception(exc))[-8000:]
+
+
+def mark_failed(event_id: int, exc: BaseException) -> None:
+    """Record on the body's primary row that processing failed (outside any transaction)."""
+    try:
+        IoTEvent.objects.filter(pk=event_id).exclude(outcome__in=SETTLED).update(
+            outcome=IoTEventOutcome.FAILED,
+            error=_operator_error(exc),
+            attempts=F("attempts") + 1,
+        )
+    except Exception:
+        logger.exception("Could not mark event %s as failed", event_id)
+
+
+@dataclass
+class ReprocessReport:
+    event_id: int
+    outcome: str
+    http_status: int
+    message: str
+
+
+def reprocess(event: IoTEvent, *, service: StationSyncService | None = None) -> ReprocessReport:
+    """
+    Run a logged body through the same processing as the endpoint (for operators).
+
+    A body already processed is reported and left alone, as a duplicate delivery would be.
+    """
+    primary = event.duplicate_of or event
+    delivery = Delivery(event=primary, data=primary.payload)
+    if primary.payload is None:
+        delivery.decode_error = "The logged body was not JSON."
+    try:
+        status, response = process(delivery, service=service)
+    except ApiError as exc:
+        finish(delivery, http_status=exc.status_code, response=exc.payload(), exc=exc)
+        return ReprocessReport(primary.pk, IoTEventOutcome.REJECTED, exc.status_code, exc.message)
+    except Exception as exc:
+        mark_failed(primary.pk, exc)
+        return ReprocessReport(primary.pk, IoTEventOutcome.FAILED, 500, type(exc).__name__)
+    primary.refresh_from_db(fields=["outcome"])
+    return ReprocessReport(primary.pk, primary.outcome, status, response.get("message", ""))

@@ -1,0 +1,331 @@
+"""
+A full sync: the station's whole truth in one message (DESIGN rules 4, 5, 8, 9).
+
+Set-based: the number of queries does not depend on the slot count. With the station lock
+held, in this order (banks before slots everywhere, so concurrent messages for stations
+that trade banks cannot lock rows in opposite orders):
+
+    1. SELECT the station FOR UPDATE (plus an INSERT and a second SELECT if it is new)
+    2. INSERT .. ON CONFLICT DO UPDATE every reported slot, RETURNING ids
+    3. SELECT the banks reported here or linked to this station
+    4. SELECT their open rentals FOR UPDATE                  (only if a placed bank has one)
+    5. UPDATE banks: take every moving bank out of its slot  (only if a bank moves or leaves)
+    6. UPDATE slots left empty by those banks to AVAILABLE   (only if there are any)
+    7. INSERT .. ON CONFLICT DO UPDATE every reported bank
+    8. UPDATE the rentals closed as lost returns            (only if there are any)
+    9. UPDATE the station
+   10. INSERT a status-history row                          (only if the status changed)
+
+Step 5 before step 7 is what lets two banks swap slots in one snapshot: a slot never
+holds two banks, not even for the duration of one statement.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Case, Q, Value, When
+from django.utils import timezone
+
+from api.rentals.models import Rental
+from api.rentals.services.rental_service import RentalService
+from api.stations.models import (
+    PowerBank,
+    PowerBankStatus,
+    SlotStatus,
+    Station,
+    StationSlot,
+    StationStatus,
+    StatusTrigger,
+)
+from api.stations.services.schemas import FullSyncMessage
+from api.stations.services.stations import is_stale, lock_station, status_change
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _SlotState:
+    status: str
+    battery_level: int
+    metadata: dict
+    bank_serial: str | None = None
+
+
+@dataclass
+class _BankState:
+    status: str
+    battery_level: int
+    hardware_info: dict
+    slot_number: int | None
+
+
+@dataclass
+class FullSyncResult:
+    station: Station
+    applied: bool
+    slots_updated: int = 0
+    powerbanks_updated: int = 0
+    offline_returns: list[Rental] = field(default_factory=list)
+    detached: list[str] = field(default_factory=list)
+
+    def as_response(self, *, now: datetime) -> dict:
+        return {
+            "station_id": str(self.station.pk),
+            "station_serial": self.station.serial_number,
+            "slots_updated": self.slots_updated,
+            "powerbanks_updated": self.powerbanks_updated,
+            "offline_returns_processed": len(self.offline_returns),
+            "offline_returns": [rental.rental_code for rental in self.offline_returns],
+            "detached_power_banks": self.detached,
+            "applied": self.applied,
+            "timestamp": now.isoformat(),
+        }
+
+
+def _merge_reports(message: FullSyncMessage) -> tuple[dict[int, _SlotState], dict[str, _BankState]]:
+    """
+    One view of the snapshot from its two lists. The schema has already refused lists that
+    contradict each other; here each list fills what the other left out, and the
+    `power_banks` entry wins on the bank's own state.
+    """
+    slots = {
+        slot.slot_number: _SlotState(
+            status=slot.status,
+            battery_level=slot.battery_level,
+            metadata=slot.slot_metadata,
+            bank_serial=slot.power_bank_serial,
+        )
+        for slot in message.slots
+    }
+    banks = {
+        bank.serial_number: _BankState(
+            status=bank.status,
+            battery_level=bank.battery_level,
+            hardware_info=bank.hardware_info,
+            slot_number=bank.current_slot,
+        )
+        for bank in message.power_banks
+    }
+    for number, slot in slots.items():
+        if slot.bank_serial and slot.bank_serial not in banks:
+            banks[slot.bank_serial] = _BankState(
+                status=PowerBankStatus.AVAILABLE,
+                battery_level=slot.battery_level,
+                hardware_info={},
+                slot_number=number,
+            )
+    for serial, bank in banks.items():
+        if bank.slot_number is None:
+            continue
+        slot = slots.get(bank.slot_number)
+        if slot is None:
+            slots[bank.slot_number] = _SlotState(
+                status=SlotStatus.OCCUPIED,
+                battery_level=bank.battery_level,
+                metadata={},
+                bank_serial=serial,
+            )
+        else:
+            slot.bank_serial = serial
+            if slot.status == SlotStatus.AVAILABLE:
+                slot.status = SlotStatus.OCCUPIED
+    return slots, banks
+
+
+def _station_fields(station: Station, message: FullSyncMessage, *, now: datetime) -> None:
+    device = message.device
+    station.imei = device.imei or station.imei or device.serial_number
+    if message.station.total_slots is not None:
+        station.total_slots = message.station.total_slots
+    station.hardware_info = device.hardware_info
+    station.firmware_version = str(device.hardware_info.get("firmware_version", ""))[:32]
+    if device.signal_strength is not None:
+        station.signal_strength = str(device.signal_strength)
+    if device.wifi_ssid is not None:
+        station.wifi_ssid = device.wifi_ssid
+    # The device's own heartbeat time, never in the future and never going backwards.
+    heartbeat = min(device.last_heartbeat or message.sent_at, now)
+    if station.last_heartbeat is None or heartbeat > station.last_heartbeat:
+        station.last_heartbeat = heartbeat
+    station.device_state_at = message.sent_at
+
+
+STATION_SYNC_FIELDS = [
+    "imei",
+    "total_slots",
+    "hardware_info",
+    "firmware_version",
+    "signal_strength",
+    "wifi_ssid",
+    "last_heartbeat",
+    "device_state_at",
+    "status",
+    "status_changed_at",
+]
+
+
+def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) -> FullSyncResult:
+    """Apply a full sync. The caller provides the transaction."""
+    now = now or timezone.now()
+    device = message.device
+    station, _ = lock_station(
+        serial_number=device.serial_number, imei=device.imei or device.serial_number
+    )
+    if is_stale(station, message.sent_at):
+        logger.info(
+            "Stale full sync for %s: sent %s, state already at %s",
+            station.serial_number,
+            message.sent_at.isoformat(),
+            station.device_state_at.isoformat(),
+        )
+        return FullSyncResult(station=station, applied=False)
+
+    slots, banks = _merge_reports(message)
+
+    # 2. Slots: one upsert; the returned ids map slot numbers to rows.
+    slot_rows = [
+        StationSlot(
+            station=station,
+            slot_number=number,
+            status=state.status,
+            battery_level=state.battery_level,
+            slot_metadata=state.metadata,
+        )
+        for number, state in sorted(slots.items())
+    ]
+    if slot_rows:
+        StationSlot.objects.bulk_create(
+            slot_rows,
+            update_conflicts=True,
+            unique_fields=["station", "slot_number"],
+            update_fields=["status", "battery_level", "slot_metadata", "updated_at"],
+        )
+    slot_id = {row.slot_number: row.pk for row in slot_rows}
+
+    # 3. Where every bank of interest is now.
+    known = {
+        bank.serial_number: bank
+        for bank in PowerBank.objects.filter(
+            Q(serial_number__in=list(banks)) | Q(current_station=station)
+        ).only("id", "serial_number", "current_station_id", "current_slot_id", "status")
+    }
+
+    # 4. Lost returns: a bank back in a slot while its rental is open (DESIGN rule 8).
+    grace = timedelta(seconds=settings.IOT_RETURN_GRACE_SECONDS)
+    serial_by_id = {bank.pk: serial for serial, bank in known.items()}
+    placed_ids = [
+        known[serial].pk
+        for serial, state in banks.items()
+        if serial in known and state.slot_number is not None
+    ]
+    closed: list[Rental] = []
+    if placed_ids:
+        for rental in RentalService.open_rentals_for(placed_ids):
+            if message.sent_at - rental.started_at < grace:
+                continue  # just taken out: the cabinet may not have noticed yet
+            RentalService.complete(
+                rental,
+                ended_at=message.sent_at,
+                return_station=station,
+                battery_level=banks[serial_by_id[rental.power_bank_id]].battery_level,
+                now=now,
+            )
+            closed.append(rental)
+
+    # 5. Take every bank that moves or leaves out of its slot first.
+    detached = sorted(
+        serial
+        for serial, bank in known.items()
+        if serial not in banks and bank.current_station_id == station.pk
+    )
+    occupied_after = {
+        slot_id[state.slot_number] for state in banks.values() if state.slot_number is not None
+    }
+    moving = [
+        bank
+        for serial, bank in known.items()
+        if bank.current_slot_id is not None
+        and (serial not in banks or slot_id.get(banks[serial].slot_number) != bank.current_slot_id)
+    ]
+    leaving_ids = {bank.pk for bank in moving} | {known[serial].pk for serial in detached}
+    if leaving_ids:
+        PowerBank.objects.filter(pk__in=leaving_ids).update(
+            current_slot=None,
+            current_station=Case(
+                When(serial_number__in=detached, then=Value(None)),
+                default="current_station",
+            ),
+            updated_at=now,
+        )
+
+    # 6. Slots those banks left, here or at another station, unless refilled just now.
+    vacated = {bank.current_slot_id for bank in moving} - occupied_after
+    if vacated:
+        StationSlot.objects.filter(pk__in=vacated, status=SlotStatus.OCCUPIED).update(
+            status=SlotStatus.AVAILABLE, battery_level=0, updated_at=now
+        )
+
+    # 7. Banks: one upsert. Model and capacity are operator-owned and never written here.
+    bank_rows = [
+        PowerBank(
+            serial_number=serial,
+            status=state.status,
+            battery_level=state.battery_level,
+            hardware_info=state.hardware_info,
+            current_station=station if state.slot_number is not None else None,
+            current_slot_id=slot_id.get(state.slot_number),
+        )
+        for serial, state in sorted(banks.items())
+    ]
+    if bank_rows:
+        PowerBank.objects.bulk_create(
+            bank_rows,
+            update_conflicts=True,
+            unique_fields=["serial_number"],
+            update_fields=[
+                "status",
+                "battery_level",
+                "hardware_info",
+                "current_station",
+                "current_slot",
+                "updated_at",
+            ],
+        )
+
+    # 8. Close the recovered returns.
+    if closed:
+        Rental.objects.bulk_update(closed, RentalService.COMPLETION_FIELDS)
+        RentalService.announce_completed(closed, offline_return=True)
+        logger.info(
+            "Station %s: closed %d lost return(s): %s",
+            station.serial_number,
+            len(closed),
+            ", ".join(rental.rental_code for rental in closed),
+        )
+
+    # 9-10. The station itself: a full sync is a heartbeat and says the station is up.
+    _station_fields(station, message, now=now)
+    history = status_change(
+        station,
+        device.status or StationStatus.ONLINE,
+        at=message.sent_at if message.sent_at <= now else now,
+        trigger=StatusTrigger.FULL_SYNC,
+    )
+    station.updated_at = now
+    Station.objects.filter(pk=station.pk).update(
+        **{name: getattr(station, name) for name in STATION_SYNC_FIELDS}, updated_at=now
+    )
+    if history is not None:
+        history.save()
+
+    return FullSyncResult(
+        station=station,
+        applied=True,
+        slots_updated=len(slot_rows),
+        powerbanks_updated=len(bank_rows),
+        offline_returns=closed,
+        detached=detached,
+    )
+

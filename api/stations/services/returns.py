@@ -1,0 +1,161 @@
+"""
+A power bank pushed back into a slot (DESIGN rules 6 and 7).
+
+A return is a fact about money: it always closes the bank's open rental, whatever newer
+device state the station has applied. Unknown stations, slots and banks are registered so
+that a customer's rental closes even when the cabinet has never synced.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Q
+from django.utils import timezone
+
+from api.rentals.models import Rental
+from api.rentals.services.charges import Charges
+from api.rentals.services.rental_service import RentalService
+from api.stations.models import PowerBank, PowerBankStatus, SlotStatus, Station, StationSlot
+from api.stations.services.schemas import ReturnMessage
+from api.stations.services.stations import lock_station
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReturnResult:
+    station: Station
+    slot_number: int
+    power_bank: PowerBank
+    rental: Rental | None
+    charges: Charges | None
+
+    def as_response(self) -> dict:
+        rental, charges = self.rental, self.charges
+        return {
+            "rental_id": str(rental.pk) if rental else None,
+            "rental_code": rental.rental_code if rental else None,
+            "rental_status": rental.status if rental else None,
+            "returned_on_time": rental.is_returned_on_time if rental else None,
+            "charges": (
+                {
+                    "base_amount": str(charges.base_amount),
+                    "overdue_amount": str(charges.overdue_amount),
+                    "total": str(charges.total),
+                }
+                if charges
+                else None
+            ),
+            "payment_status": rental.payment_status if rental else None,
+            "power_bank_status": self.power_bank.status,
+            "station_serial": self.station.serial_number,
+            "slot_number": self.slot_number,
+        }
+
+
+def _lock_or_register_bank(serial_number: str) -> PowerBank:
+    PowerBank.objects.bulk_create(
+        [PowerBank(serial_number=serial_number, status=PowerBankStatus.AVAILABLE)],
+        ignore_conflicts=True,
+    )
+    return PowerBank.objects.select_for_update().get(serial_number=serial_number)
+
+
+def apply_return(message: ReturnMessage, *, now: datetime | None = None) -> ReturnResult:
+    """Close the bank's open rental and put the bank in the slot. Caller provides the transaction."""
+    now = now or timezone.now()
+    event = message.return_event
+    station, _ = lock_station(serial_number=message.device.serial_number)
+
+    # The rental before the bank: the same lock order as a full sync.
+    bank_id = (
+        PowerBank.objects.filter(serial_number=event.power_bank_serial)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    rental = None
+    charges = None
+    if bank_id is not None:
+        rental = RentalService.open_rentals_for([bank_id]).first()
+    bank = _lock_or_register_bank(event.power_bank_serial)
+
+    if rental is not None:
+        returned_at = event.returned_at or message.sent_at
+        charges = RentalService.complete(
+            rental,
+            ended_at=returned_at,
+            return_station=station,
+            battery_level=event.battery_level,
+            now=now,
+        )
+        rental.updated_at = now
+        rental.save(update_fields=RentalService.COMPLETION_FIELDS)
+        RentalService.announce_completed([rental], offline_return=False)
+        logger.info(
+            "Rental %s returned at %s slot %s",
+            rental.rental_code,
+            station.serial_number,
+            event.slot_number,
+        )
+    else:
+        logger.info(
+            "Return of %s at %s: no open rental; placing the bank only",
+            event.power_bank_serial,
+            station.serial_number,
+        )
+
+    # The sender's battery level may be stale or 0; a 0 does not erase a known level.
+    battery = event.battery_level or bank.battery_level
+
+    slot = StationSlot(
+        station=station,
+        slot_number=event.slot_number,
+        status=SlotStatus.OCCUPIED,
+        battery_level=battery,
+    )
+    StationSlot.objects.bulk_create(
+        [slot],
+        update_conflicts=True,
+        unique_fields=["station", "slot_number"],
+        update_fields=["status", "battery_level", "updated_at"],
+    )
+
+    # Whatever bank the database still had in that slot has physically left it.
+    PowerBank.objects.filter(Q(current_slot_id=slot.pk) & ~Q(pk=bank.pk)).update(
+        current_slot=None, updated_at=now
+    )
+    if bank.current_slot_id and bank.current_slot_id != slot.pk:
+        StationSlot.objects.filter(pk=bank.current_slot_id, status=SlotStatus.OCCUPIED).update(
+            status=SlotStatus.AVAILABLE, battery_level=0, updated_at=now
+        )
+    bank.current_station = station
+    bank.current_slot_id = slot.pk
+    bank.status = PowerBankStatus.AVAILABLE
+    bank.battery_level = battery
+    if event.hardware_info:
+        bank.hardware_info = {**bank.hardware_info, **event.hardware_info}
+    bank.save(
+        update_fields=[
+            "current_station",
+            "current_slot",
+            "status",
+            "battery_level",
+            "hardware_info",
+            "updated_at",
+        ]
+    )
+
+    # A return is a sign of life, but not device state: status and ordering stay as they are.
+    heartbeat = min(message.device.last_heartbeat or message.sent_at, now)
+    if station.last_heartbeat is None or heartbeat > station.last_heartbeat:
+        Station.objects.filter(pk=station.pk).update(last_heartbeat=heartbeat, updated_at=now)
+        station.last_heartbeat = heartbeat
+
+    return ReturnResult(
+        station=station,
+        slot_number=event.slot_number,
+        power_bank=bank,
+        rental=rental,
+        charges=charges,
+    )

@@ -1,0 +1,94 @@
+"""
+The entry point for the three message types of the IoT system.
+
+`StationSyncService` keeps the original design's public names (`sync_station_data`,
+`process_return_event`) and adds `process_status_event`. Each method takes the decoded
+body (or an already validated message), applies it and returns the `data` of the answer.
+Callers provide the transaction; `process` is what the endpoint calls.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils import timezone
+
+from api.stations.services.full_sync import apply_full_sync
+from api.stations.services.returns import apply_return
+from api.stations.services.schemas import (
+    FullSyncMessage,
+    ReturnMessage,
+    StatusMessage,
+    parse_message,
+)
+from api.stations.services.status import apply_status
+from main_app.exceptions import InvalidType
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What processing a message did: `applied` is False for a stale message."""
+
+    applied: bool
+    message: str
+    data: dict
+
+
+def _as(message_class, type_name: str, data):
+    if isinstance(data, message_class):
+        return data
+    message = parse_message(data)
+    if not isinstance(message, message_class):
+        raise InvalidType(f"Expected a '{type_name}' message.")
+    return message
+
+
+class StationSyncService:
+    """Applies full syncs, returns and status messages (DESIGN section 4)."""
+
+    def sync_station_data(self, data: dict[str, Any] | FullSyncMessage) -> dict[str, Any]:
+        return self._full(_as(FullSyncMessage, "full", data)).data
+
+    def process_return_event(self, data: dict[str, Any] | ReturnMessage) -> dict[str, Any]:
+        return self._returned(_as(ReturnMessage, "returned", data)).data
+
+    def process_status_event(self, data: dict[str, Any] | StatusMessage) -> dict[str, Any]:
+        return self._status(_as(StatusMessage, "status", data)).data
+
+    def process(self, message: FullSyncMessage | ReturnMessage | StatusMessage) -> Outcome:
+        handler = {
+            FullSyncMessage: self._full,
+            ReturnMessage: self._returned,
+            StatusMessage: self._status,
+        }[type(message)]
+        return handler(message)
+
+    @staticmethod
+    def _full(message: FullSyncMessage) -> Outcome:
+        now = timezone.now()
+        result = apply_full_sync(message, now=now)
+        text = (
+            "Station data updated successfully"
+            if result.applied
+            else "Out-of-date full sync recorded but not applied"
+        )
+        return Outcome(result.applied, text, result.as_response(now=now))
+
+    @staticmethod
+    def _returned(message: ReturnMessage) -> Outcome:
+        result = apply_return(message)
+        text = (
+            "Return processed successfully"
+            if result.rental is not None
+            else "Power bank placed; no open rental was found"
+        )
+        return Outcome(True, text, result.as_response())
+
+    @staticmethod
+    def _status(message: StatusMessage) -> Outcome:
+        result = apply_status(message)
+        text = (
+            "Station status updated"
+            if result.applied
+            else "Out-of-date status recorded but not applied"
+        )
+        return Outcome(result.applied, text, result.as_response())

@@ -1,0 +1,83 @@
+"""Finding, registering and locking stations; their status changes and history."""
+
+import uuid
+from datetime import datetime
+
+from django.db.models import Case, Q, Value, When
+
+from api.stations.models import (
+    PENDING_ADDRESS,
+    Station,
+    StationStatus,
+    StationStatusHistory,
+)
+
+
+def placeholder_name(serial_number: str) -> str:
+    return f"Station {serial_number[-4:]}"
+
+
+def lock_station(*, serial_number: str, imei: str | None = None) -> tuple[Station, bool]:
+    """
+    Return the station for this serial (or IMEI), row-locked; register it if unknown.
+
+    All writes about one station serialize on this lock, so the caller must be inside a
+    transaction and must take it before touching the station's slots, banks or rentals.
+    Twenty concurrent first messages of one new station create it once: the insert
+    ignores a conflict on the serial, and everyone then waits for the same row.
+    Returns `(station, created)`.
+    """
+    keys = {serial_number} | ({imei} if imei else set())
+    query = (
+        Station.objects.select_for_update()
+        .filter(Q(serial_number=serial_number) | Q(imei__in=keys))
+        # An exact serial match beats a station an operator registered by IMEI.
+        .order_by(Case(When(serial_number=serial_number, then=Value(0)), default=Value(1)))
+    )
+    station = query.first()
+    if station is not None:
+        return station, False
+    candidate = Station(
+        id=uuid.uuid4(),
+        serial_number=serial_number,
+        imei=imei or serial_number,
+        station_name=placeholder_name(serial_number),
+        address=PENDING_ADDRESS,
+        latitude=0,
+        longitude=0,
+        status=StationStatus.OFFLINE,
+    )
+    Station.objects.bulk_create([candidate], ignore_conflicts=True)
+    station = query.first()
+    return station, station.pk == candidate.pk
+
+
+def is_stale(station: Station, sent_at: datetime) -> bool:
+    """A full or status message older than the newest state applied changes nothing."""
+    return station.device_state_at is not None and sent_at < station.device_state_at
+
+
+def status_change(
+    station: Station, new_status: str, *, at: datetime, trigger: str
+) -> StationStatusHistory | None:
+    """
+    Apply `new_status` to `station` in memory and return the unsaved history row, or None
+    when the status does not change. The caller saves both (it holds the station lock).
+    """
+    if station.status == new_status and station.status_changed_at is not None:
+        return None
+    previous_at = station.status_changed_at
+    seconds = None
+    if previous_at is not None:
+        seconds = max(0, int((at - previous_at).total_seconds()))
+    history = StationStatusHistory(
+        station=station,
+        status=new_status,
+        previous_status=station.status if previous_at is not None else "",
+        changed_at=at,
+        seconds_in_previous_status=seconds,
+        trigger=trigger,
+    )
+    station.status = new_status
+    station.status_changed_at = at
+    return history

@@ -1,0 +1,107 @@
+"""Station liveness: status messages and the heartbeat timeout (DESIGN rule 9)."""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from api.rentals.services.rental_service import RentalService
+from api.stations.models import Station, StationStatus, StatusTrigger
+from api.stations.services.schemas import StatusMessage
+from api.stations.services.stations import is_stale, lock_station, status_change
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StatusResult:
+    station: Station
+    applied: bool
+    status_changed: bool
+
+    def as_response(self) -> dict:
+        heartbeat = self.station.last_heartbeat
+        return {
+            "station_id": str(self.station.pk),
+            "serial_number": self.station.serial_number,
+            "status": self.station.status,
+            "status_changed": self.status_changed,
+            "last_heartbeat": heartbeat.isoformat() if heartbeat else None,
+            "applied": self.applied,
+        }
+
+
+def apply_status(message: StatusMessage, *, now: datetime | None = None) -> StatusResult:
+    """Apply an ONLINE/OFFLINE/MAINTENANCE message. The caller provides the transaction."""
+    now = now or timezone.now()
+    station, _ = lock_station(serial_number=message.device.serial_number)
+    if is_stale(station, message.sent_at):
+        return StatusResult(station=station, applied=False, status_changed=False)
+    at = min(message.sent_at, now)
+    history = status_change(
+        station, message.device.status, at=at, trigger=StatusTrigger.STATUS_EVENT
+    )
+    station.device_state_at = message.sent_at
+    fields = {"device_state_at": station.device_state_at, "updated_at": now}
+    if message.device.status == StationStatus.ONLINE and (
+        station.last_heartbeat is None or at > station.last_heartbeat
+    ):
+        station.last_heartbeat = at
+        fields["last_heartbeat"] = at
+    if history is not None:
+        fields.update(status=station.status, status_changed_at=station.status_changed_at)
+        history.save()
+    Station.objects.filter(pk=station.pk).update(**fields)
+    return StatusResult(station=station, applied=True, status_changed=history is not None)
+
+
+@dataclass
+class MonitorResult:
+    stations_marked_offline: list[str]
+    rentals_marked_overdue: int
+
+
+def mark_silent_stations_offline(*, now: datetime | None = None) -> list[str]:
+    """Stations ONLINE (or never heard from) whose last heartbeat is older than the timeout."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(minutes=settings.IOT_OFFLINE_AFTER_MINUTES)
+    marked = []
+    candidates = Station.objects.filter(
+        status=StationStatus.ONLINE, last_heartbeat__lt=cutoff
+    ).values_list("serial_number", flat=True)
+    for serial in list(candidates):
+        # One short transaction per station: never hold many station locks at once.
+        with transaction.atomic():
+            station = (
+                Station.objects.select_for_update()
+                .filter(serial_number=serial, status=StationStatus.ONLINE, last_heartbeat__lt=cutoff)
+                .first()
+            )
+            if station is None:
+                continue  # a message arrived meanwhile
+            history = status_change(
+                station, StationStatus.OFFLINE, at=now, trigger=StatusTrigger.TIMEOUT
+            )
+            Station.objects.filter(pk=station.pk).update(
+                status=station.status, status_changed_at=station.status_changed_at, updated_at=now
+            )
+            if history is not None:
+                history.save()
+            marked.append(serial)
+    if marked:
+        logger.warning("Marked %d silent station(s) OFFLINE: %s", len(marked), ", ".join(marked))
+    return marked
+
+
+def monitor(*, now: datetime | None = None) -> MonitorResult:
+    """The periodic liveness pass: silent stations go OFFLINE, late rentals OVERDUE."""
+    now = now or timezone.now()
+    return MonitorResult(
+        stations_marked_offline=mark_silent_stations_offline(now=now),
+        rentals_marked_overdue=RentalService.mark_overdue(now=now),
+    )
+
+
