@@ -69,7 +69,10 @@ def status_change(
     previous_at = station.status_changed_at
     seconds = None
     if previous_at is not None:
-        seconds = max(0, int((at - previous_at).total_seconds()))
+        # Message times have whole seconds and the monitor uses server time: never let a
+        # change appear to happen before the one it follows.
+        at = max(at, previous_at)
+        seconds = int((at - previous_at).total_seconds())
     history = StationStatusHistory(
         station=station,
         status=new_status,
