@@ -6,6 +6,7 @@ Field names follow the original design (`serial_number`, `station_name`, `curren
 ...). Invariants live in the database as constraints; see each model's `Meta`.
 """
 
+import json
 import uuid
 
 from django.db import models
@@ -216,7 +217,9 @@ class IoTEvent(models.Model):
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="duplicates"
     )
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    response = models.JSONField(null=True, blank=True)
+    # The JSON text exactly as answered, so a repeated body gets byte-for-byte the same
+    # answer (PostgreSQL's jsonb would reorder the keys).
+    response = models.TextField(blank=True)
     error = models.TextField(blank=True)
     duration_ms = models.FloatField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -239,3 +242,8 @@ class IoTEvent(models.Model):
 
     def __str__(self):
         return f"#{self.pk} {self.message_type or '?'} {self.station_serial} {self.outcome}"
+
+    @property
+    def response_data(self):
+        """The answer as decoded JSON (None if nothing was answered yet)."""
+        return json.loads(self.response) if self.response else None

@@ -184,14 +184,14 @@ def _apply_once(delivery: Delivery, message, service: StationSyncService) -> tup
     )
     if primary.outcome in SETTLED:
         # Already applied: answer exactly as the first time, change nothing.
-        return primary.http_status or 200, primary.response
+        return primary.http_status or 200, primary.response_data
 
     outcome = service.process(message)
     body = _envelope(outcome.message, outcome.data)
     IoTEvent.objects.filter(pk=primary.pk).update(
         outcome=IoTEventOutcome.PROCESSED if outcome.applied else IoTEventOutcome.STALE,
         http_status=200,
-        response=body,
+        response=_as_text(body),
         error="",
         processed_at=timezone.now(),
         attempts=F("attempts") + 1,
@@ -200,6 +200,10 @@ def _apply_once(delivery: Delivery, message, service: StationSyncService) -> tup
     # The primary row of this delivery now holds the answer: nothing left to write.
     delivery.recorded = primary.pk == delivery.event.pk
     return 200, body
+
+
+def _as_text(body: Any) -> str:
+    return "" if body is None else json.dumps(body, ensure_ascii=False, default=str)
 
 
 def _elapsed_ms(delivery: Delivery) -> float:
@@ -219,7 +223,7 @@ def finish(
     event = delivery.event
     fields: dict[str, Any] = {
         "http_status": http_status,
-        "response": response,
+        "response": _as_text(response),
         "duration_ms": _elapsed_ms(delivery),
     }
     if exc is not None:

@@ -4,12 +4,14 @@ The entry point for the three message types of the IoT system.
 `StationSyncService` keeps the original design's public names (`sync_station_data`,
 `process_return_event`) and adds `process_status_event`. Each method takes the decoded
 body (or an already validated message), applies it and returns the `data` of the answer.
-Callers provide the transaction; `process` is what the endpoint calls.
+Each public method runs in a transaction of its own, or joins the caller's (without a
+savepoint: the endpoint's transaction already covers the whole message).
 """
 
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 
 from api.stations.services.full_sync import apply_full_sync
@@ -46,13 +48,13 @@ class StationSyncService:
     """Applies full syncs, returns and status messages (DESIGN section 4)."""
 
     def sync_station_data(self, data: dict[str, Any] | FullSyncMessage) -> dict[str, Any]:
-        return self._full(_as(FullSyncMessage, "full", data)).data
+        return self.process(_as(FullSyncMessage, "full", data)).data
 
     def process_return_event(self, data: dict[str, Any] | ReturnMessage) -> dict[str, Any]:
-        return self._returned(_as(ReturnMessage, "returned", data)).data
+        return self.process(_as(ReturnMessage, "returned", data)).data
 
     def process_status_event(self, data: dict[str, Any] | StatusMessage) -> dict[str, Any]:
-        return self._status(_as(StatusMessage, "status", data)).data
+        return self.process(_as(StatusMessage, "status", data)).data
 
     def process(self, message: FullSyncMessage | ReturnMessage | StatusMessage) -> Outcome:
         handler = {
@@ -60,7 +62,8 @@ class StationSyncService:
             ReturnMessage: self._returned,
             StatusMessage: self._status,
         }[type(message)]
-        return handler(message)
+        with transaction.atomic(savepoint=False):
+            return handler(message)
 
     @staticmethod
     def _full(message: FullSyncMessage) -> Outcome:

@@ -1,0 +1,188 @@
+"""
+Concurrency on PostgreSQL with real threads and real transactions (DESIGN rule 10).
+
+SQLite serializes every writer on one file lock, so these tests only mean something on
+PostgreSQL; they skip elsewhere and CI runs them against PostgreSQL.
+"""
+
+import os
+import threading
+import unittest
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from django.db import close_old_connections, connection, connections, transaction
+from django.test import TransactionTestCase, override_settings
+
+from api.rentals.models import Rental, RentalPackage, RentalStatus
+from api.rentals.services.rental_service import RentalService
+from api.rentals.signals import rental_completed
+from api.stations.models import IoTEvent, IoTEventOutcome, PowerBank, Station
+from api.stations.services.station_sync_service import StationSyncService
+from api.stations.tests.factories import (
+    SenderClient,
+    compact,
+    full_payload,
+    make_staff,
+    now_ts,
+    return_payload,
+)
+from api.stations.tests.fleet import FleetInvariantsMixin
+
+ON_POSTGRES = connection.vendor == "postgresql"
+SKIP_REASON = (
+    "concurrency tests need PostgreSQL (set DATABASE_URL=postgres://...); "
+    "SQLite serializes all writers"
+)
+if os.environ.get("REQUIRE_POSTGRES") and not ON_POSTGRES:  # CI must never skip these
+    raise RuntimeError("REQUIRE_POSTGRES is set but the test database is not PostgreSQL")
+
+
+def run_concurrently(functions, *, workers: int | None = None):
+    """Run callables at the same moment on their own threads and connections."""
+    barrier = threading.Barrier(len(functions))
+
+    def call(function):
+        try:
+            barrier.wait(timeout=30)
+            return function()
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=workers or len(functions)) as pool:
+        return list(pool.map(call, functions))
+
+
+@unittest.skipUnless(ON_POSTGRES, SKIP_REASON)
+@override_settings(IOT_RETURN_GRACE_SECONDS=120)
+class ConcurrencyTests(FleetInvariantsMixin, TransactionTestCase):
+    def setUp(self):
+        close_old_connections()
+        self.staff = make_staff()
+
+    def post_all(self, payloads):
+        def poster(payload):
+            return lambda: SenderClient(self.staff).post(payload)
+
+        return run_concurrently([poster(payload) for payload in payloads])
+
+    def test_twenty_concurrent_full_syncs_of_a_new_station_create_it_once(self):
+        base = now_ts()
+        payloads = [
+            full_payload(banks={1: ("40818048", 50 + i), 2: ("40818052", 60)}, timestamp=base - i)
+            for i in range(20)
+        ]
+
+        responses = self.post_all(payloads)
+
+        self.assertEqual(sorted({r.status_code for r in responses}), [200])
+        self.assertEqual(Station.objects.count(), 1)
+        self.assertEqual(PowerBank.objects.count(), 2)
+        self.assertEqual(Station.objects.get().slots.count(), 4)
+        # Newest wins whatever the arrival order: the newest body's battery level stays.
+        self.assertEqual(PowerBank.objects.get(serial_number="40818048").battery_level, 50)
+        self.assertEqual(IoTEvent.objects.filter(outcome=IoTEventOutcome.PROCESSED).count()
+                         + IoTEvent.objects.filter(outcome=IoTEventOutcome.STALE).count(), 20)
+        self.assertFleetInvariants()
+
+    def test_concurrent_syncs_and_returns_of_one_bank_leave_it_in_one_slot_and_close_its_rental_once(self):
+        service = StationSyncService()
+        started = now_ts() - 3600
+        service.sync_station_data(full_payload("STATION-A", banks={1: ("40818048", 90)}, timestamp=started - 60))
+        service.sync_station_data(full_payload("STATION-B", timestamp=started - 60))
+        package = RentalPackage.objects.create(name="h", duration_minutes=60, price=Decimal("50"))
+        customer = make_staff("customer@chargeghar.test", is_staff=False)
+        rental = RentalService.start_rental(
+            user=customer,
+            power_bank=PowerBank.objects.get(),
+            package=package,
+            started_at=datetime.fromtimestamp(started, tz=UTC),
+        )
+        completions = []
+
+        def count(sender, rental, **kwargs):
+            completions.append(rental.pk)
+
+        rental_completed.connect(count)
+        self.addCleanup(rental_completed.disconnect, count)
+        now = now_ts()
+        payloads = []
+        for i in range(6):
+            payloads.append(return_payload("40818048", 2, "STATION-B", timestamp=now - i))
+            payloads.append(full_payload("STATION-A", banks={3: ("40818048", 70)}, timestamp=now - 10 + i))
+            payloads.append(full_payload("STATION-B", banks={2: ("40818048", 80)}, timestamp=now - 20 + i))
+
+        responses = self.post_all(payloads)
+
+        self.assertEqual(sorted({r.status_code for r in responses}), [200])
+        rental.refresh_from_db()
+        self.assertEqual(rental.status, RentalStatus.COMPLETED)
+        self.assertEqual(completions, [rental.pk])
+        self.assertEqual(Rental.objects.filter(status=RentalStatus.COMPLETED).count(), 1)
+        bank = PowerBank.objects.get()
+        self.assertIsNotNone(bank.current_slot)
+        self.assertFleetInvariants()
+
+    def test_concurrent_identical_bodies_are_applied_once(self):
+        service = StationSyncService()
+        started = now_ts() - 1800
+        service.sync_station_data(full_payload(banks={1: ("40818048", 90)}, timestamp=started - 60))
+        package = RentalPackage.objects.create(name="h", duration_minutes=60, price=Decimal("50"))
+        customer = make_staff("customer@chargeghar.test", is_staff=False)
+        rental = RentalService.start_rental(
+            user=customer,
+            power_bank=PowerBank.objects.get(),
+            package=package,
+            started_at=datetime.fromtimestamp(started, tz=UTC),
+        )
+        body = compact(return_payload("40818048", 2, timestamp=now_ts()))
+
+        responses = self.post_all([body] * 10)
+
+        self.assertEqual({r.status_code for r in responses}, {200})
+        self.assertEqual(len({r.content for r in responses}), 1, "every delivery gets the original answer")
+        self.assertEqual(IoTEvent.objects.filter(duplicate_of__isnull=True).count(), 1)
+        self.assertEqual(IoTEvent.objects.filter(outcome=IoTEventOutcome.DUPLICATE).count(), 9)
+        rental.refresh_from_db()
+        self.assertEqual(rental.status, RentalStatus.COMPLETED)
+        self.assertFleetInvariants()
+
+    def test_messages_for_one_station_wait_while_another_station_proceeds(self):
+        service = StationSyncService()
+        service.sync_station_data(full_payload("STATION-A", timestamp=now_ts() - 60))
+        service.sync_station_data(full_payload("STATION-B", timestamp=now_ts() - 60))
+        locked = threading.Event()
+        release = threading.Event()
+
+        def hold_station_a():
+            try:
+                with transaction.atomic():
+                    Station.objects.select_for_update().get(serial_number="STATION-A")
+                    locked.set()
+                    release.wait(timeout=30)
+            finally:
+                connections.close_all()
+
+        def sync(serial):
+            def run():
+                try:
+                    with transaction.atomic():
+                        StationSyncService().sync_station_data(full_payload(serial))
+                finally:
+                    connections.close_all()
+
+            return run
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            holder = pool.submit(hold_station_a)
+            self.assertTrue(locked.wait(timeout=10))
+            other = pool.submit(sync("STATION-B"))
+            other.result(timeout=10)  # not blocked by the lock on STATION-A
+            same = pool.submit(sync("STATION-A"))
+            with self.assertRaises(TimeoutError):
+                same.result(timeout=1)  # serialized behind the lock
+            release.set()
+            same.result(timeout=10)
+            holder.result(timeout=10)
+        self.assertFleetInvariants()
