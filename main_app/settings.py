@@ -15,18 +15,36 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# Under `manage.py test` or pytest. The test runners need no .env and ignore one, so a
+# developer's local settings (a database, an IP allowlist) cannot change what tests see.
+RUNNING_TESTS = sys.argv[1:2] == ["test"] or "pytest" in sys.modules
+
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+if not RUNNING_TESTS:
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 # The placeholder shipped in .env.example; never acceptable outside development.
 PLACEHOLDER_SECRET = "change-me-to-a-long-random-secret"
 
-# Under `manage.py test` or pytest. The test runners need no .env at all.
-RUNNING_TESTS = sys.argv[1:2] == ["test"] or "pytest" in sys.modules
+
+# django-environ reads any unknown word as False (DJANGO_DEBUG=maybe, IOT_SIGNATURE_VERIFICATION=
+# yes-please), so booleans are parsed here and anything but these spellings is refused.
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
+             "false": False, "0": False, "no": False, "off": False}
 
 
 def _read(name, cast, default):
     """Read one variable; a value that does not parse stops start-up with its name."""
+    if cast == "bool":
+        raw = env.str(name, default=None)
+        if raw is None:
+            return default
+        if raw.strip().lower() not in _BOOLEANS:
+            raise ImproperlyConfigured(
+                f"Environment variable {name} has a value that does not parse as bool: {raw!r} "
+                "(use true/false, 1/0, yes/no or on/off)"
+            )
+        return _BOOLEANS[raw.strip().lower()]
     try:
         return getattr(env, cast)(name, default=default)
     except (ValueError, TypeError, ImproperlyConfigured) as exc:
@@ -113,6 +131,16 @@ try:
     }
 except (ValueError, KeyError, ImproperlyConfigured) as exc:
     raise ImproperlyConfigured(f"Environment variable DATABASE_URL does not parse: {exc}") from None
+# django-environ passes an unknown scheme through as the ENGINE (and an empty URL as no ENGINE
+# at all), which would fail later without naming the variable. Only these two are supported:
+# the invariants rely on partial unique indexes and check constraints.
+if DATABASES["default"].get("ENGINE") not in (
+    "django.db.backends.postgresql",
+    "django.db.backends.sqlite3",
+):
+    raise ImproperlyConfigured(
+        "Environment variable DATABASE_URL must be a postgres:// or sqlite:// URL."
+    )
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = _read("DATABASE_CONN_MAX_AGE", "int", 60)

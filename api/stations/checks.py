@@ -16,8 +16,17 @@ PLACEHOLDERS = {
 }
 
 
-@register(Tags.security, deploy=False)
+@register(Tags.security)
+def iot_security_check(app_configs=None, **kwargs):
+    # The test runners deliberately run without a secret and without verification (the
+    # seed's tests post unsigned bodies); the rules themselves are tested directly.
+    if settings.RUNNING_TESTS:
+        return []
+    return check_iot_security(app_configs, **kwargs)
+
+
 def check_iot_security(app_configs=None, **kwargs):
+    """The IoT security rules; empty with DEBUG on."""
     if settings.DEBUG:
         return []
     messages = []

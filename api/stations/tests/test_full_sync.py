@@ -5,7 +5,7 @@ from decimal import Decimal
 
 from django.test import TestCase, override_settings
 
-from api.rentals.models import Rental, RentalPackage, RentalStatus
+from api.rentals.models import RentalPackage, RentalStatus
 from api.rentals.services.rental_service import RentalService
 from api.stations.models import (
     IoTEvent,

@@ -59,5 +59,6 @@ class Command(BaseCommand):
                     )
 
         self.stdout.write(self.style.SUCCESS("Staff login (admin and the IoT sender's login API):"))
-        self.stdout.write(f"  email:    {admin.email}")
+        self.stdout.write(f"  email:    {admin.email}   (the login API)")
+        self.stdout.write(f"  username: {admin.get_username()}   (the /admin/ form)")
         self.stdout.write(f"  password: {password}")

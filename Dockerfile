@@ -1,0 +1,44 @@
+# ChargeGhar main backend: gunicorn + whitenoise, PostgreSQL via DATABASE_URL.
+#   docker build -t chargeghar-main .
+#   docker compose up -d          (see docker-compose.yml and docs/deploy.md)
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+RUN groupadd --system app \
+    && useradd --system --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
+
+# Dependencies first, so code changes do not reinstall them.
+COPY requirements.txt ./
+RUN pip install --no-cache-dir -r requirements.txt
+
+# Only what runs in production: no .venv, .env, db.sqlite3, tests' artifacts or .git
+# reach the image even without a .dockerignore. The code stays owned by root (read-only
+# for the app user).
+COPY manage.py ./
+COPY main_app ./main_app
+COPY api ./api
+COPY docker/entrypoint.sh ./docker/entrypoint.sh
+
+# With DEBUG off, settings refuse to load without a real-looking secret key, so a dummy
+# one is passed to this build step only; it is not kept in the image's environment.
+# collectstatic runs only the staticfiles system checks, so no other secret is needed.
+# logs/ takes the rotating log file; data/ can hold a SQLite file when there is no
+# PostgreSQL (DATABASE_URL=sqlite:////app/data/db.sqlite3 with a volume on /app/data).
+RUN chmod 0755 docker/entrypoint.sh \
+    && DJANGO_SECRET_KEY=build-only-not-secret python manage.py collectstatic --noinput \
+    && mkdir -p logs data \
+    && chown app:app logs data
+
+USER app
+
+EXPOSE 8000
+
+ENTRYPOINT ["/app/docker/entrypoint.sh"]
+# A shell reads WEB_WORKERS at run time; the entrypoint's exec and this exec leave gunicorn
+# as PID 1, so SIGTERM from `docker stop` reaches it directly.
+CMD ["sh", "-c", "exec gunicorn main_app.wsgi:application --bind 0.0.0.0:8000 --workers ${WEB_WORKERS:-4} --access-logfile -"]
