@@ -231,6 +231,8 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "ChargeGhar main backend",
     "DESCRIPTION": "Internal station data endpoint and the admin login used by the IoT system.",
     "VERSION": "1.0.0",
+    # 3.1 speaks JSON Schema 2020-12, which the pydantic message schemas are written in.
+    "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -1,8 +1,8 @@
-from django.urls import re_path
+from django.urls import path
 
-from api.stations.views.internal_views import StationDataInternalView
+from api.stations.views.internal_views import StationDataInternalSlashView, StationDataInternalView
 
 urlpatterns = [
-    # The sender posts without a trailing slash; accept both rather than redirect a POST.
-    re_path(r"^internal/stations/data/?$", StationDataInternalView.as_view(), name="station-data"),
+    path("internal/stations/data", StationDataInternalView.as_view(), name="station-data"),
+    path("internal/stations/data/", StationDataInternalSlashView.as_view(), name="station-data-slash"),
 ]

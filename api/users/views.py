@@ -12,6 +12,7 @@ from api.users.serializers import (
     TokenRefreshDataSerializer,
     TokenRefreshRequestSerializer,
 )
+from main_app.openapi import error_response
 from main_app.parsers import LimitedJSONParser
 
 
@@ -45,7 +46,18 @@ class AdminLoginView(APIView):
 
     @extend_schema(
         request=AdminLoginSerializer,
-        responses={200: _envelope("AdminLoginResponse", AdminLoginDataSerializer())},
+        responses={
+            200: _envelope("AdminLoginResponse", AdminLoginDataSerializer()),
+            400: error_response("Malformed body.", "VALIDATION_ERROR", "The request has missing or invalid fields.", 400),
+            401: error_response(
+                "Wrong email or password (the same answer for both), or an inactive account.",
+                "INVALID_CREDENTIALS",
+                "Invalid email or password.",
+                401,
+            ),
+            403: error_response("Not a staff account.", "PERMISSION_DENIED", "This account has no admin access.", 403),
+            413: error_response("Body too large.", "PAYLOAD_TOO_LARGE", "The request body is too large.", 413),
+        },
         tags=["admin auth"],
     )
     def post(self, request):
@@ -75,7 +87,16 @@ class AdminTokenRefreshView(APIView):
 
     @extend_schema(
         request=TokenRefreshRequestSerializer,
-        responses={200: _envelope("TokenRefreshResponse", TokenRefreshDataSerializer())},
+        responses={
+            200: _envelope("TokenRefreshResponse", TokenRefreshDataSerializer()),
+            400: error_response("Malformed body.", "VALIDATION_ERROR", "The request has missing or invalid fields.", 400),
+            401: error_response(
+                "Invalid or expired refresh token: log in again.",
+                "NOT_AUTHENTICATED",
+                "The refresh token is invalid or expired.",
+                401,
+            ),
+        },
         tags=["admin auth"],
     )
     def post(self, request):

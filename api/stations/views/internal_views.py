@@ -9,10 +9,18 @@ applied by `events.process`. Every answer, success or failure, is written back t
 
 import logging
 
+from drf_spectacular.utils import extend_schema
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api.stations.openapi import (
+    REQUEST_EXAMPLES,
+    SIGNATURE_HEADERS,
+    STATION_DATA_RESPONSES,
+    StationMessage,
+)
 from api.stations.services import events
 from main_app.exceptions import ApiError, error_response, to_api_error
 
@@ -23,8 +31,9 @@ class StationDataInternalView(APIView):
     """Receives `full`, `returned` and `status` messages (DESIGN sections 2-4)."""
 
     permission_classes = [IsAuthenticated, IsAdminUser]
-    # The body is read raw (it was signed as bytes) and decoded once by the event log.
-    parser_classes = []
+    # Declared for the schema only: the body is read raw (it was signed as bytes) and
+    # decoded once by the event log; request.data is never touched.
+    parser_classes = [JSONParser]
     delivery: events.Delivery | None = None
 
     def initial(self, request, *args, **kwargs):
@@ -36,6 +45,21 @@ class StationDataInternalView(APIView):
         )
         super().initial(request, *args, **kwargs)
 
+    @extend_schema(
+        operation_id="station_data",
+        summary="Receive a message from the IoT management system",
+        description=(
+            "Signed JSON from the IoT system: `full`, `returned` or `status`. Checks run in "
+            "this order: IP allowlist, signature headers and HMAC, bearer token (staff), "
+            "validation, processing. Idempotent by the SHA-256 of the body: a repeated body "
+            "is answered with the original response and not applied again."
+        ),
+        request=StationMessage,
+        responses=STATION_DATA_RESPONSES,
+        parameters=SIGNATURE_HEADERS,
+        examples=REQUEST_EXAMPLES,
+        tags=["internal"],
+    )
     def post(self, request):
         status_code, body = events.process(self.delivery)
         return Response(body, status=status_code)
@@ -65,3 +89,8 @@ class StationDataInternalView(APIView):
         if self.delivery is not None and not self.delivery.recorded:
             events.finish(self.delivery, http_status=response.status_code, response=response.data)
         return response
+
+
+@extend_schema(exclude=True)
+class StationDataInternalSlashView(StationDataInternalView):
+    """The same endpoint with a trailing slash (not redirected: redirecting a POST loses it)."""
