@@ -10,7 +10,7 @@ never with exception text or a stack trace.
 import logging
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
@@ -168,7 +168,9 @@ def to_api_error(exc: BaseException) -> ApiError:
             status_code=429,
             headers={"Retry-After": str(int(exc.wait or 1))},
         )
-    if isinstance(exc, DatabaseError) and is_database_unavailable(exc):
+    # No `isinstance(exc, DatabaseError)` guard: Django's InterfaceError is not a
+    # DatabaseError, yet a connection closed under a request surfaces as one.
+    if is_database_unavailable(exc):
         logger.error("Database unavailable: %s", type(exc).__name__)
         return ServiceUnavailable()
     logger.exception("Unexpected error", exc_info=exc)

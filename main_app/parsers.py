@@ -15,7 +15,11 @@ class LimitedJSONParser(JSONParser):
             length = 0
         if length > settings.API_MAX_BODY_BYTES:
             raise PayloadTooLarge()
-        data = super().parse(stream, media_type, parser_context)
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            # Deep nesting fits easily under the size limit; DRF only catches ValueError.
+            raise InvalidJson("The body is nested too deeply.") from None
         if not isinstance(data, dict):
             raise InvalidJson("The body must be a JSON object.")
         return data
