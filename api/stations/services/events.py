@@ -58,6 +58,26 @@ class Delivery:
 _UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
+# Real messages nest 4 deep. Far deeper bodies can still be decoded, then exhaust Python's
+# recursion limit when the log row's JSON is encoded: refuse them up front instead.
+MAX_NESTING = 32
+
+
+def _nested_deeper_than(data: Any, limit: int) -> bool:
+    """True when objects and arrays nest more than `limit` levels (iterative, no recursion)."""
+    level = [data] if isinstance(data, (dict, list)) else []
+    for _ in range(limit):
+        level = [
+            child
+            for container in level
+            for child in (container.values() if isinstance(container, dict) else container)
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return False
+    return True
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
@@ -73,6 +93,8 @@ def _decode(body: bytes) -> tuple[Any, str | None]:
         data = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         return None, "The body is not valid JSON."
+    if _nested_deeper_than(data, MAX_NESTING):
+        return None, "The body is nested too deeply."
     if _UNSTORABLE_ESCAPE.search(body):
         # Rare: only pay for the full check when such an escape is present at all.
         try:
@@ -118,7 +140,10 @@ def receive(*, body: bytes, source_ip: str | None) -> Delivery:
         source_ip=source_ip,
         body_sha256=hashlib.sha256(body).hexdigest(),
         payload=data if decode_error is None else None,
-        raw_body=body[:RAW_BODY_KEPT].decode("utf-8", "replace") if decode_error else "",
+        # Undecodable bytes and NUL (PostgreSQL text cannot hold it) become U+FFFD.
+        raw_body=(
+            body[:RAW_BODY_KEPT].decode("utf-8", "replace").replace("\x00", "\ufffd") if decode_error else ""
+        ),
     )
     try:
         _save_without_breaking_transaction(event)

@@ -65,7 +65,9 @@ class SignChargeGharMain:
                 False,
                 f"Request timestamp too far in the future ({-time_diff}s > {time_tolerance}s allowed)",
             )
-        received = str(received_signature).encode("utf-8", "surrogateescape")
+        # "surrogatepass" encodes any str, lone surrogates included, so garbage is a
+        # mismatch rather than an exception; it can never equal the ASCII expected value.
+        received = str(received_signature).encode("utf-8", "surrogatepass")
         # Compare against every key without stopping early, in constant time per key.
         matched = False
         for key in self._keys:

@@ -1,0 +1,496 @@
+"""
+The event log and idempotency by body (DESIGN rules 1-3), and the operators' commands
+that re-process and prune it.
+
+The sender retries the identical body with a new X-Timestamp and signature, so every
+replay here is the same bytes signed afresh.
+"""
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from io import StringIO
+from unittest import mock
+
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import OperationalError
+from django.test import TestCase, TransactionTestCase, override_settings
+from django.utils import timezone
+
+from api.rentals.models import PaymentModel, Rental, RentalPackage, RentalStatus
+from api.rentals.services.rental_service import RentalService
+from api.rentals.signals import rental_completed
+from api.stations.models import (
+    IoTEvent,
+    IoTEventOutcome,
+    PowerBank,
+    Station,
+    StationSlot,
+    StationStatusHistory,
+)
+from api.stations.services.station_sync_service import StationSyncService
+from api.stations.tests.factories import (
+    STATION_SERIAL,
+    TEST_SECRET,
+    SenderClient,
+    compact,
+    full_payload,
+    make_staff,
+    now_ts,
+    return_payload,
+    status_payload,
+)
+
+OTHER_SERIAL = "864601069940000"
+BANK = "40818052"
+
+SIGNED = override_settings(
+    IOT_SIGNATURE_VERIFICATION=True,
+    IOT_SYSTEM_SIGNATURE_SECRET=TEST_SECRET,
+    IOT_SYSTEM_SIGNATURE_PREVIOUS_SECRETS=[],
+    IOT_SYSTEM_ALLOWED_IPS=[],
+    IOT_TRUSTED_PROXIES=[],
+)
+DB_DOWN = "could not connect to server: Connection refused"
+
+
+def at(ts: int) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def spy_on_service():
+    """Count calls of StationSyncService.process while letting them through."""
+    return mock.patch.object(
+        StationSyncService, "process", autospec=True, side_effect=StationSyncService.process
+    )
+
+
+def service_failing_first(exc: Exception):
+    """StationSyncService.process raises `exc` on its first call, then works."""
+    original = StationSyncService.process
+    calls = []
+
+    def process(self, message):
+        calls.append(message)
+        if len(calls) == 1:
+            raise exc
+        return original(self, message)
+
+    return mock.patch.object(StationSyncService, "process", process)
+
+
+def service_failing(exc: Exception):
+    return mock.patch.object(StationSyncService, "process", side_effect=exc)
+
+
+@SIGNED
+class EventLogTestCase(TestCase):
+    def setUp(self):
+        self.staff = make_staff()
+        self.sender = SenderClient(self.staff)
+        self.now = now_ts()
+
+    def domain_counts(self) -> dict[str, int]:
+        return {
+            model.__name__: model.objects.count()
+            for model in (Station, StationSlot, PowerBank, Rental, StationStatusHistory)
+        }
+
+    def post_failing(self, body: bytes, exc: Exception, *, timestamp: int | None = None):
+        with service_failing(exc), self.assertLogs("main_app.exceptions", "ERROR"):
+            return self.sender.post(body, timestamp=timestamp)
+
+
+class AcceptedEventTests(EventLogTestCase):
+    def test_accepted_full_sync_is_logged_with_everything_an_operator_needs(self):
+        body = compact(full_payload(banks={1: (BANK, 90)}, timestamp=self.now))
+        before = timezone.now()
+
+        response = self.sender.post(body, REMOTE_ADDR="192.0.2.10")
+
+        self.assertEqual(response.status_code, 200, response.content)
+        event = IoTEvent.objects.get()
+        self.assertTrue(before <= event.received_at <= timezone.now())
+        self.assertEqual(event.message_type, "full")
+        self.assertEqual(event.station_serial, STATION_SERIAL)
+        self.assertEqual(event.source_ip, "192.0.2.10")
+        self.assertEqual(event.body_sha256, sha256(body))
+        self.assertEqual(event.payload, json.loads(body))
+        self.assertEqual(event.raw_body, "")
+        self.assertEqual(event.outcome, IoTEventOutcome.PROCESSED)
+        self.assertEqual(event.http_status, 200)
+        self.assertEqual(event.response_data, response.json())
+        self.assertIsNotNone(event.duration_ms)
+        self.assertGreaterEqual(event.duration_ms, 0)
+        self.assertIsNotNone(event.processed_at)
+        self.assertEqual(event.attempts, 1)
+        self.assertEqual(event.error, "")
+        self.assertIsNone(event.duplicate_of_id)
+
+    def test_body_digest_is_over_the_raw_bytes_not_the_parsed_json(self):
+        # Same JSON value, different bytes: two different bodies, each applied once.
+        payload = status_payload("ONLINE", timestamp=self.now)
+        spaced = json.dumps(payload).encode()
+
+        self.assertEqual(self.sender.post(compact(payload)).status_code, 200)
+        self.assertEqual(self.sender.post(spaced).status_code, 200)
+
+        digests = set(IoTEvent.objects.values_list("body_sha256", flat=True))
+        self.assertEqual(digests, {sha256(compact(payload)), sha256(spaced)})
+        self.assertFalse(IoTEvent.objects.filter(duplicate_of__isnull=False).exists())
+
+
+class ReplayTests(EventLogTestCase):
+    def test_replayed_full_sync_answers_the_original_bytes_and_is_not_applied_twice(self):
+        body = compact(full_payload(banks={1: (BANK, 90)}, timestamp=self.now - 5))
+        with spy_on_service() as service:
+            first = self.sender.post(body, timestamp=self.now - 3)
+            station = Station.objects.get()
+            slots_touched = list(StationSlot.objects.values_list("updated_at", flat=True))
+            counts = self.domain_counts()
+
+            replay = self.sender.post(body, timestamp=self.now)
+
+        self.assertEqual(first.status_code, 200, first.content)
+        self.assertEqual(replay.status_code, 200, replay.content)
+        self.assertEqual(replay.content, first.content)
+        self.assertEqual(service.call_count, 1)
+        self.assertEqual(self.domain_counts(), counts)
+        self.assertEqual(StationStatusHistory.objects.count(), 1)
+        station_after = Station.objects.get()
+        self.assertEqual(station_after.updated_at, station.updated_at)
+        self.assertEqual(list(StationSlot.objects.values_list("updated_at", flat=True)), slots_touched)
+
+        primary, duplicate = IoTEvent.objects.order_by("pk")
+        self.assertEqual(primary.outcome, IoTEventOutcome.PROCESSED)
+        self.assertEqual(primary.attempts, 1)
+        self.assertEqual(duplicate.outcome, IoTEventOutcome.DUPLICATE)
+        self.assertEqual(duplicate.duplicate_of, primary)
+        self.assertEqual(duplicate.body_sha256, primary.body_sha256)
+        self.assertEqual(duplicate.http_status, 200)
+        self.assertEqual(duplicate.response_data, first.json())
+
+    def test_replayed_return_does_not_close_or_charge_the_rental_twice(self):
+        started = self.now - 90 * 60
+        StationSyncService().sync_station_data(full_payload(banks={2: (BANK, 100)}, timestamp=started - 60))
+        package = RentalPackage.objects.create(
+            name="One hour",
+            duration_minutes=60,
+            price=Decimal("100.00"),
+            payment_model=PaymentModel.PREPAID,
+        )
+        customer = make_staff("customer@chargeghar.test", is_staff=False)
+        rental = RentalService.start_rental(
+            user=customer,
+            power_bank=PowerBank.objects.get(serial_number=BANK),
+            package=package,
+            started_at=at(started),
+        )
+        completions = []
+
+        def on_completed(rental, offline_return, **kwargs):
+            completions.append(rental.rental_code)
+
+        rental_completed.connect(on_completed)
+        self.addCleanup(rental_completed.disconnect, on_completed)
+        body = compact(
+            return_payload(BANK, 3, battery=70, returned_at=at(self.now - 60), timestamp=self.now - 55)
+        )
+
+        with self.captureOnCommitCallbacks(execute=True):
+            first = self.sender.post(body, timestamp=self.now - 50)
+        rental.refresh_from_db()
+        closed = {
+            field: getattr(rental, field)
+            for field in ("status", "ended_at", "base_amount", "overdue_amount", "updated_at")
+        }
+        counts = self.domain_counts()
+
+        with self.captureOnCommitCallbacks(execute=True):
+            replay = self.sender.post(body, timestamp=self.now)
+
+        self.assertEqual(first.status_code, 200, first.content)
+        data = first.json()["data"]
+        self.assertEqual(data["rental_code"], rental.rental_code)
+        self.assertEqual(data["rental_status"], RentalStatus.COMPLETED)
+        # Returned 89 minutes into a 60-minute package: 29 late minutes at 100/60 x 2.
+        self.assertEqual(data["charges"]["overdue_amount"], "96.67")
+        self.assertEqual(replay.status_code, 200, replay.content)
+        self.assertEqual(replay.content, first.content)
+        rental.refresh_from_db()
+        self.assertEqual(
+            {field: getattr(rental, field) for field in closed}, closed, "the rental was touched again"
+        )
+        self.assertEqual(completions, [rental.rental_code])
+        self.assertEqual(self.domain_counts(), counts)
+        self.assertEqual(
+            list(IoTEvent.objects.order_by("pk").values_list("outcome", flat=True)),
+            [IoTEventOutcome.PROCESSED, IoTEventOutcome.DUPLICATE],
+        )
+
+    def test_body_that_failed_with_a_server_error_is_processed_on_retry(self):
+        body = compact(full_payload(banks={1: (BANK, 90)}, timestamp=self.now - 5))
+
+        with (
+            service_failing_first(OperationalError(DB_DOWN)),
+            self.assertLogs("main_app.exceptions", "ERROR"),
+        ):
+            failed = self.sender.post(body, timestamp=self.now - 3)
+
+            self.assertEqual(failed.status_code, 503, failed.content)
+            self.assertFalse(Station.objects.exists())
+            primary = IoTEvent.objects.get()
+            self.assertEqual(primary.outcome, IoTEventOutcome.FAILED)
+            self.assertEqual(primary.http_status, 503)
+            # Operators get the traceback; the sender got none of it.
+            self.assertIn("Traceback", primary.error)
+            self.assertIn(DB_DOWN, primary.error)
+            self.assertNotIn("Traceback", failed.content.decode())
+            self.assertNotIn("Connection refused", failed.content.decode())
+
+            retried = self.sender.post(body, timestamp=self.now)
+
+        self.assertEqual(retried.status_code, 200, retried.content)
+        self.assertTrue(Station.objects.filter(serial_number=STATION_SERIAL).exists())
+        self.assertEqual(PowerBank.objects.get().serial_number, BANK)
+        primary.refresh_from_db()
+        self.assertEqual(primary.outcome, IoTEventOutcome.PROCESSED)
+        self.assertEqual(primary.http_status, 200)
+        self.assertEqual(primary.response_data, retried.json())
+        self.assertEqual(primary.attempts, 2)
+        retry = IoTEvent.objects.exclude(pk=primary.pk).get()
+        self.assertEqual(retry.duplicate_of, primary)
+        self.assertEqual(retry.outcome, IoTEventOutcome.DUPLICATE)
+        self.assertEqual(retry.http_status, 200)
+
+    def test_body_refused_for_an_expired_token_is_applied_when_resent_after_login(self):
+        # The sender answers 401 by logging in again and resending the identical body.
+        body = compact(full_payload(banks={1: (BANK, 90)}, timestamp=self.now - 5))
+        refused = self.sender.post(
+            body, timestamp=self.now - 3, HTTP_AUTHORIZATION="Bearer expired.token.value"
+        )
+        self.assertEqual(refused.status_code, 401, refused.content)
+        self.assertFalse(Station.objects.exists())
+
+        accepted = self.sender.post(body, timestamp=self.now)
+
+        self.assertEqual(accepted.status_code, 200, accepted.content)
+        self.assertEqual(Station.objects.get().serial_number, STATION_SERIAL)
+        primary, resent = IoTEvent.objects.order_by("pk")
+        self.assertEqual(primary.outcome, IoTEventOutcome.PROCESSED)
+        self.assertEqual(primary.http_status, 200)
+        self.assertEqual(resent.duplicate_of, primary)
+        self.assertEqual(resent.outcome, IoTEventOutcome.DUPLICATE)
+
+    def test_repeat_of_a_failed_body_that_fails_again_stays_failed(self):
+        body = compact(status_payload("ONLINE", timestamp=self.now))
+
+        self.post_failing(body, RuntimeError("first"), timestamp=self.now - 1)
+        again = self.post_failing(body, RuntimeError("second"), timestamp=self.now)
+
+        self.assertEqual(again.status_code, 500)
+        primary = IoTEvent.objects.get(duplicate_of__isnull=True)
+        self.assertEqual(primary.outcome, IoTEventOutcome.FAILED)
+        self.assertEqual(primary.attempts, 2)
+        self.assertIn("second", primary.error)
+        self.assertEqual(IoTEvent.objects.get(duplicate_of=primary).http_status, 500)
+
+
+class StaleMessageTests(EventLogTestCase):
+    def test_full_sync_older_than_the_applied_state_is_recorded_but_not_applied(self):
+        self.sender.post(full_payload(banks={1: (BANK, 90)}, timestamp=self.now - 10))
+        counts = self.domain_counts()
+        slot_before = StationSlot.objects.get(slot_number=1)
+        older = full_payload(banks={1: (BANK, 20), 2: ("40818053", 30)}, timestamp=self.now - 70)
+
+        response = self.sender.post(older)
+
+        self.assertEqual(response.status_code, 200, response.content)
+        self.assertIs(response.json()["success"], True)
+        self.assertIs(response.json()["data"]["applied"], False)
+        self.assertEqual(self.domain_counts(), counts)
+        slot_after = StationSlot.objects.get(slot_number=1)
+        self.assertEqual(slot_after.battery_level, 90)
+        self.assertEqual(slot_after.updated_at, slot_before.updated_at)
+        self.assertEqual(PowerBank.objects.get(serial_number=BANK).battery_level, 90)
+        event = IoTEvent.objects.order_by("pk").last()
+        self.assertEqual(event.outcome, IoTEventOutcome.STALE)
+        self.assertEqual(event.http_status, 200)
+        self.assertEqual(event.response_data, response.json())
+
+    def test_replayed_stale_body_is_answered_alike_and_stays_unapplied(self):
+        self.sender.post(full_payload(timestamp=self.now - 10))
+        stale = compact(full_payload(banks={1: (BANK, 20)}, timestamp=self.now - 70))
+
+        first = self.sender.post(stale, timestamp=self.now - 1)
+        replay = self.sender.post(stale, timestamp=self.now)
+
+        self.assertEqual(replay.content, first.content)
+        self.assertFalse(PowerBank.objects.exists())
+        self.assertEqual(
+            list(IoTEvent.objects.order_by("pk").values_list("outcome", flat=True)),
+            [IoTEventOutcome.PROCESSED, IoTEventOutcome.STALE, IoTEventOutcome.DUPLICATE],
+        )
+
+
+@SIGNED
+class RollbackTests(TransactionTestCase):
+    """In autocommit, as in production: the log row outlives the rolled-back processing."""
+
+    def test_log_row_survives_when_processing_raises_after_writing(self):
+        sender = SenderClient(make_staff())
+        body = compact(full_payload(banks={1: (BANK, 90)}))
+        # Fails at the very end of a full sync, after station, slots and banks were written.
+        crash = RuntimeError("history write exploded")
+
+        with (
+            mock.patch("api.stations.services.full_sync.status_change", side_effect=crash),
+            self.assertLogs("main_app.exceptions", "ERROR"),
+        ):
+            response = sender.post(body)
+
+        self.assertEqual(response.status_code, 500, response.content)
+        self.assertEqual(response.json()["error"], "INTERNAL_ERROR")
+        self.assertNotIn("exploded", response.content.decode())
+        self.assertFalse(Station.objects.exists())
+        self.assertFalse(StationSlot.objects.exists())
+        self.assertFalse(PowerBank.objects.exists())
+        self.assertFalse(StationStatusHistory.objects.exists())
+        event = IoTEvent.objects.get()
+        self.assertEqual(event.outcome, IoTEventOutcome.FAILED)
+        self.assertEqual(event.http_status, 500)
+        self.assertEqual(event.body_sha256, sha256(body))
+        self.assertEqual(event.payload, json.loads(body))
+        self.assertIn("history write exploded", event.error)
+        self.assertIn(f"event {event.pk}", response.json()["message"])
+
+
+class ReprocessCommandTests(EventLogTestCase):
+    def reprocess(self, *args) -> list[str]:
+        out = StringIO()
+        call_command("reprocess_iot_events", *args, stdout=out)
+        return out.getvalue().splitlines()
+
+    def failed_event(self, payload: dict) -> IoTEvent:
+        response = self.post_failing(compact(payload), RuntimeError("transient"))
+        self.assertEqual(response.status_code, 500)
+        return IoTEvent.objects.get(body_sha256=sha256(compact(payload)))
+
+    def test_failed_events_are_rerun_with_one_line_each(self):
+        first = self.failed_event(full_payload(banks={1: (BANK, 90)}, timestamp=self.now - 20))
+        second = self.failed_event(full_payload(OTHER_SERIAL, timestamp=self.now - 10))
+        self.assertFalse(Station.objects.exists())
+
+        lines = self.reprocess("--failed")
+
+        event_lines = [line for line in lines if line.startswith("event ")]
+        self.assertEqual(len(event_lines), 2, lines)
+        self.assertTrue(event_lines[0].startswith(f"event {first.pk}: PROCESSED (HTTP 200)"))
+        self.assertTrue(event_lines[1].startswith(f"event {second.pk}: PROCESSED (HTTP 200)"))
+        self.assertIn("Re-processed 2 event(s)", lines[-1])
+        self.assertEqual(
+            set(Station.objects.values_list("serial_number", flat=True)),
+            {STATION_SERIAL, OTHER_SERIAL},
+        )
+        self.assertEqual(StationStatusHistory.objects.count(), 2)
+        for event in (first, second):
+            event.refresh_from_db()
+            self.assertEqual(event.outcome, IoTEventOutcome.PROCESSED)
+            self.assertEqual(event.error, "")
+        self.assertEqual(IoTEvent.objects.count(), 2, "re-processing adds no rows")
+
+    def test_nothing_failed_means_nothing_to_do(self):
+        self.assertEqual(self.reprocess("--failed"), ["Nothing to re-process."])
+
+    def test_given_ids_are_rerun_and_others_left_alone(self):
+        chosen = self.failed_event(full_payload(timestamp=self.now - 20))
+        other = self.failed_event(full_payload(OTHER_SERIAL, timestamp=self.now - 10))
+
+        lines = self.reprocess("--ids", str(chosen.pk))
+
+        self.assertEqual(len([line for line in lines if line.startswith("event ")]), 1, lines)
+        self.assertTrue(lines[0].startswith(f"event {chosen.pk}: PROCESSED"))
+        chosen.refresh_from_db()
+        other.refresh_from_db()
+        self.assertEqual(chosen.outcome, IoTEventOutcome.PROCESSED)
+        self.assertEqual(other.outcome, IoTEventOutcome.FAILED)
+        self.assertEqual(list(Station.objects.values_list("serial_number", flat=True)), [STATION_SERIAL])
+
+    def test_unknown_ids_raise_command_error(self):
+        known = self.failed_event(full_payload(timestamp=self.now))
+
+        with self.assertRaisesMessage(CommandError, "No such event: 999998, 999999"):
+            self.reprocess("--ids", str(known.pk), "999999", "999998")
+
+        known.refresh_from_db()
+        self.assertEqual(known.outcome, IoTEventOutcome.FAILED, "nothing ran")
+
+    def test_already_processed_event_is_reported_and_not_applied_again(self):
+        response = self.sender.post(full_payload(banks={1: (BANK, 90)}, timestamp=self.now))
+        event = IoTEvent.objects.get()
+        station = Station.objects.get()
+        counts = self.domain_counts()
+
+        with spy_on_service() as service:
+            lines = self.reprocess("--ids", str(event.pk))
+
+        self.assertTrue(lines[0].startswith(f"event {event.pk}: PROCESSED (HTTP 200)"), lines)
+        self.assertEqual(service.call_count, 0)
+        self.assertEqual(self.domain_counts(), counts)
+        self.assertEqual(Station.objects.get().updated_at, station.updated_at)
+        event.refresh_from_db()
+        self.assertEqual(event.attempts, 1)
+        self.assertEqual(event.response_data, response.json())
+
+
+class PruneCommandTests(TestCase):
+    def event(self, name: str, outcome: str, days_old: float, **fields) -> IoTEvent:
+        return IoTEvent.objects.create(
+            received_at=timezone.now() - timedelta(days=days_old),
+            message_type="status",
+            body_sha256=sha256(name.encode()),
+            outcome=outcome,
+            **fields,
+        )
+
+    def prune(self, *args) -> str:
+        out = StringIO()
+        call_command("prune_iot_events", *args, stdout=out)
+        return out.getvalue()
+
+    def test_old_settled_events_are_deleted_and_failed_and_recent_ones_kept(self):
+        old_processed = self.event("old processed", IoTEventOutcome.PROCESSED, 40)
+        old_processed_retry = self.event(
+            "old processed", IoTEventOutcome.DUPLICATE, 39, duplicate_of=old_processed
+        )
+        old_rejected = self.event("old rejected", IoTEventOutcome.REJECTED, 40)
+        old_failed = self.event("old failed", IoTEventOutcome.FAILED, 40)
+        old_failed_retry = self.event("old failed", IoTEventOutcome.DUPLICATE, 39, duplicate_of=old_failed)
+        recent_processed = self.event("recent processed", IoTEventOutcome.PROCESSED, 29)
+
+        output = self.prune("--days", "30")
+
+        self.assertIn("Deleted 3 event row(s)", output)
+        remaining = set(IoTEvent.objects.values_list("pk", flat=True))
+        self.assertEqual(remaining, {old_failed.pk, old_failed_retry.pk, recent_processed.pk})
+        for gone in (old_processed, old_processed_retry, old_rejected):
+            self.assertNotIn(gone.pk, remaining)
+
+    def test_dry_run_counts_and_deletes_nothing(self):
+        self.event("old processed", IoTEventOutcome.PROCESSED, 40)
+        self.event("old failed", IoTEventOutcome.FAILED, 40)
+
+        output = self.prune("--days", "30", "--dry-run")
+
+        self.assertIn("Would delete 1 event(s)", output)
+        self.assertEqual(IoTEvent.objects.count(), 2)
+
+    def test_negative_days_are_refused(self):
+        with self.assertRaises(CommandError):
+            self.prune("--days", "-1")
