@@ -6,6 +6,7 @@ django-environ `Env`. Development defaults are safe; production values must be s
 `.env.example` documents every variable.
 """
 
+import ipaddress
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -245,10 +246,25 @@ IOT_SYSTEM_SIGNATURE_SECRET = _read("IOT_SYSTEM_SIGNATURE_SECRET", "str", "")
 IOT_SYSTEM_SIGNATURE_PREVIOUS_SECRETS = [
     s for s in _read("IOT_SYSTEM_SIGNATURE_PREVIOUS_SECRETS", "list", []) if s
 ]
+
+
+def _read_networks(name):
+    """A comma-separated list of addresses or CIDR ranges; a bad entry stops start-up."""
+    entries = [entry.strip() for entry in _read(name, "list", []) if entry.strip()]
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"Environment variable {name} has an entry that is not an address or CIDR range: {entry!r}"
+            ) from None
+    return entries
+
+
 # Addresses or CIDR ranges allowed to call /api/internal/; empty means any.
-IOT_SYSTEM_ALLOWED_IPS = [s for s in _read("IOT_SYSTEM_ALLOWED_IPS", "list", []) if s]
+IOT_SYSTEM_ALLOWED_IPS = _read_networks("IOT_SYSTEM_ALLOWED_IPS")
 # Proxies (addresses or CIDR ranges) whose X-Forwarded-For is believed.
-IOT_TRUSTED_PROXIES = [s for s in _read("IOT_TRUSTED_PROXIES", "list", []) if s]
+IOT_TRUSTED_PROXIES = _read_networks("IOT_TRUSTED_PROXIES")
 IOT_SIGNATURE_TOLERANCE_SECONDS = _read("IOT_SIGNATURE_TOLERANCE_SECONDS", "int", 300)
 # Turned off only explicitly; the test runners turn it off by default (the seed's tests
 # post unsigned bodies) and the signature tests turn it back on.

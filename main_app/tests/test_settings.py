@@ -103,6 +103,11 @@ class StartUpTests(SimpleTestCase):
     def test_unparseable_debug_flag_is_refused_by_name(self):
         self.assertRefused(self.start(DJANGO_DEBUG="maybe"), "DJANGO_DEBUG")
 
+    def test_an_allowlist_entry_that_is_no_address_is_refused_by_name(self):
+        for name in ("IOT_SYSTEM_ALLOWED_IPS", "IOT_TRUSTED_PROXIES"):
+            with self.subTest(name):
+                self.assertRefused(self.start(**{name: "10.0.0.0/8,not-an-address"}), name)
+
     def test_database_url_that_names_no_supported_database_is_refused_by_name(self):
         for url in ("nonsense://x", ""):
             with self.subTest(url=url):

@@ -217,7 +217,7 @@ def _apply_once(delivery: Delivery, message, service: StationSyncService) -> tup
         outcome=IoTEventOutcome.PROCESSED if outcome.applied else IoTEventOutcome.STALE,
         http_status=200,
         response=_as_text(body),
-        error="",
+        # `error` keeps the text of an earlier failed attempt, for operators.
         processed_at=timezone.now(),
         attempts=F("attempts") + 1,
         duration_ms=_elapsed_ms(delivery),
@@ -304,6 +304,10 @@ def reprocess(event: IoTEvent, *, service: StationSyncService | None = None) -> 
     A body already processed is reported and left alone, as a duplicate delivery would be.
     """
     primary = event.duplicate_of or event
+    if primary.outcome in SETTLED:
+        return ReprocessReport(
+            primary.pk, primary.outcome, primary.http_status or 200, "already processed; not applied again"
+        )
     delivery = Delivery(event=primary, data=primary.payload)
     if primary.payload is None:
         delivery.decode_error = "The logged body was not JSON."

@@ -441,6 +441,7 @@ class ReprocessCommandTests(EventLogTestCase):
             lines = self.reprocess("--ids", str(event.pk))
 
         self.assertTrue(lines[0].startswith(f"event {event.pk}: PROCESSED (HTTP 200)"), lines)
+        self.assertIn("already processed; not applied again", lines[0])
         self.assertEqual(service.call_count, 0)
         self.assertEqual(self.domain_counts(), counts)
         self.assertEqual(Station.objects.get().updated_at, station.updated_at)
