@@ -41,6 +41,7 @@ from api.stations.models import (
 )
 from api.stations.services.schemas import FullSyncMessage
 from api.stations.services.stations import is_stale, lock_station, status_change
+from api.stations.services.upserts import BankRow, SlotRow, upsert_banks, upsert_slots
 
 logger = logging.getLogger(__name__)
 
@@ -185,24 +186,14 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
     slots, banks = _merge_reports(message)
 
     # 2. Slots: one upsert; the returned ids map slot numbers to rows.
-    slot_rows = [
-        StationSlot(
-            station=station,
-            slot_number=number,
-            status=state.status,
-            battery_level=state.battery_level,
-            slot_metadata=state.metadata,
-        )
-        for number, state in sorted(slots.items())
-    ]
-    if slot_rows:
-        StationSlot.objects.bulk_create(
-            slot_rows,
-            update_conflicts=True,
-            unique_fields=["station", "slot_number"],
-            update_fields=["status", "battery_level", "slot_metadata", "updated_at"],
-        )
-    slot_id = {row.slot_number: row.pk for row in slot_rows}
+    slot_id = upsert_slots(
+        station.pk,
+        [
+            SlotRow(number, state.status, state.battery_level, state.metadata)
+            for number, state in sorted(slots.items())
+        ],
+        now=now,
+    )
 
     # 3. Where every bank of interest is now.
     known = {
@@ -268,31 +259,20 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
         )
 
     # 7. Banks: one upsert. Model and capacity are operator-owned and never written here.
-    bank_rows = [
-        PowerBank(
-            serial_number=serial,
-            status=state.status,
-            battery_level=state.battery_level,
-            hardware_info=state.hardware_info,
-            current_station=station if state.slot_number is not None else None,
-            current_slot_id=slot_id.get(state.slot_number),
-        )
-        for serial, state in sorted(banks.items())
-    ]
-    if bank_rows:
-        PowerBank.objects.bulk_create(
-            bank_rows,
-            update_conflicts=True,
-            unique_fields=["serial_number"],
-            update_fields=[
-                "status",
-                "battery_level",
-                "hardware_info",
-                "current_station",
-                "current_slot",
-                "updated_at",
-            ],
-        )
+    upsert_banks(
+        station.pk,
+        [
+            BankRow(
+                serial,
+                state.status,
+                state.battery_level,
+                state.hardware_info,
+                slot_id.get(state.slot_number),
+            )
+            for serial, state in sorted(banks.items())
+        ],
+        now=now,
+    )
 
     # 8. Close the recovered returns.
     if closed:
@@ -323,8 +303,8 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
     return FullSyncResult(
         station=station,
         applied=True,
-        slots_updated=len(slot_rows),
-        powerbanks_updated=len(bank_rows),
+        slots_updated=len(slots),
+        powerbanks_updated=len(banks),
         offline_returns=closed,
         detached=detached,
     )

@@ -1,0 +1,565 @@
+#!/usr/bin/env python3
+"""
+Side-by-side benchmark of the station data endpoint: this project against the seed baseline.
+
+Both run under gunicorn with the same worker settings on the same PostgreSQL server (one
+database each), receive the same signed full-sync traffic (real formats, concurrent
+keep-alive clients) in alternating A/B rounds, and are reported side by side:
+
+    .venv/bin/python bench/bench.py compare            # throughput, latency, queries, memory
+    .venv/bin/python bench/bench.py scale              # empty database vs 10,000 stations
+    .venv/bin/python bench/bench.py soak --minutes 3   # mixed traffic, then invariants
+
+The seed baseline is run from ../shared/reference/seed_baseline (never copied here) with its
+own virtualenv (created in /tmp/seedenv when missing, as its README describes). Requests go
+only to 127.0.0.1. Everything is bounded by --round-seconds / --minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import platform
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_DIR = (ROOT / ".." / "shared" / "reference" / "seed_baseline").resolve()
+SEED_VENV = Path(os.environ.get("SEED_VENV", "/tmp/seedenv"))
+OUR_PYTHON = Path(sys.executable)
+SECRET = "bench-signing-secret-" + "x" * 32
+PG_DEFAULT = "postgres://postgres@127.0.0.1:5432"
+STATION_BASE = 864601069900000
+
+
+# ---------------------------------------------------------------------------- traffic
+
+
+def compact(payload: dict) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sign(body: bytes, timestamp: int, secret: str = SECRET) -> str:
+    digest = hmac.new(secret.encode("utf-8"), body + str(timestamp).encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".000Z"
+
+
+def station_serial(index: int) -> str:
+    return str(STATION_BASE + index)
+
+
+def bank_serial(station_index: int, slot: int) -> str:
+    return str(10_000_000 + station_index * 100 + slot)
+
+
+def full_sync(station_index: int, slots: int, occupancy: float, rng: random.Random, timestamp: int) -> dict:
+    """A full sync in the sender's format; which slots are occupied is fixed per station."""
+    serial = station_serial(station_index)
+    layout = random.Random(station_index)
+    occupied = sorted(layout.sample(range(1, slots + 1), round(slots * occupancy)))
+    slot_entries, bank_entries = [], []
+    for number in range(1, slots + 1):
+        metadata = {"micro_switch": "0", "solenoid_valve": "0", "lock_count": 0, "last_updated": iso(timestamp)}
+        if number in occupied:
+            battery = rng.randint(20, 100)
+            bank = bank_serial(station_index, number)
+            status = "OCCUPIED"
+            if rng.random() < 0.03:
+                status = "ERROR"
+                metadata.update(error_code="0x04", error_message="孔位异常：0X04")
+            slot_entries.append(
+                {"slot_number": number, "status": status, "battery_level": battery,
+                 "power_bank_serial": bank, "slot_metadata": metadata}
+            )
+            bank_entries.append(
+                {"serial_number": bank, "status": "AVAILABLE", "battery_level": battery, "current_slot": number,
+                 "hardware_info": {"temperature": rng.randint(18, 35), "voltage": 50, "current": 0, "area_code": 73}}
+            )
+        else:
+            slot_entries.append({"slot_number": number, "status": "AVAILABLE", "battery_level": 0, "slot_metadata": metadata})
+    return {
+        "type": "full",
+        "timestamp": timestamp,
+        "device": {
+            "serial_number": serial, "imei": serial, "signal_strength": str(rng.randint(10, 31)), "wifi_ssid": "",
+            "last_heartbeat": iso(timestamp), "status": "ONLINE",
+            "hardware_info": {"firmware_version": "2.1.5", "protocol_version": "0xA8"},
+        },
+        "station": {
+            "serial_number": serial, "total_slots": slots,
+            "pinboards": [{"index": 1, "io": 0, "temperature": 0, "soft_version": 4, "hard_version": 15}],
+        },
+        "slots": slot_entries,
+        "power_banks": bank_entries,
+    }
+
+
+def full_sync_bodies(stations: int, slots: int, occupancy: float, rng: random.Random):
+    """Request n: a fresh full sync (new battery levels, current time) of station n % stations."""
+
+    def body(n: int) -> bytes:
+        return compact(full_sync(n % stations, slots, occupancy, rng, int(time.time())))
+
+    return body
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    authorization: str
+    process: subprocess.Popen | None = None
+
+    def headers(self, body: bytes) -> dict:
+        timestamp = int(time.time())
+        return {
+            "Content-Type": "application/json",
+            "Authorization": self.authorization,
+            "X-Timestamp": str(timestamp),
+            "X-Signature": sign(body, timestamp),
+        }
+
+
+@dataclass
+class RoundResult:
+    target: str
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    statuses: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def drive(target: Target, make_body, *, clients: int, seconds: float) -> RoundResult:
+    """Closed-loop load: `clients` keep-alive connections send back to back for `seconds`."""
+    result = RoundResult(target.name, seconds)
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+
+    def client(worker: int):
+        connection = http.client.HTTPConnection("127.0.0.1", target.port, timeout=15)
+        latencies, statuses, errors = [], {}, 0
+        while time.perf_counter() < deadline:
+            with lock:
+                n = next(counter)
+            body = make_body(n)
+            started = time.perf_counter()
+            try:
+                connection.request("POST", "/api/internal/stations/data", body=body, headers=target.headers(body))
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", target.port, timeout=15)
+                status = 0
+            elapsed = time.perf_counter() - started
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 200:
+                latencies.append(elapsed)
+            else:
+                errors += 1
+        connection.close()
+        with lock:
+            result.latencies.extend(latencies)
+            result.errors += errors
+            for status, count in statuses.items():
+                result.statuses[status] = result.statuses.get(status, 0) + count
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return result
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+def run(cmd, *, env, cwd, check=True, capture=True) -> str:
+    completed = subprocess.run(cmd, env=env, cwd=cwd, text=True, capture_output=capture)
+    if check and completed.returncode != 0:
+        raise SystemExit(f"command failed: {shlex.join(map(str, cmd))}\n{completed.stdout}\n{completed.stderr}")
+    return completed.stdout
+
+
+def recreate_database(pg: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(f"{pg}/postgres", autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.execute(f'CREATE DATABASE "{name}"')
+
+
+def our_env(pg: str, database: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "IOT_", "DATABASE_"))}
+    env.update(
+        DATABASE_URL=f"{pg}/{database}",
+        DJANGO_DEBUG="false",
+        DJANGO_SECRET_KEY="bench-" + "k" * 50,
+        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+        IOT_SYSTEM_SIGNATURE_SECRET=SECRET,
+        IOT_SYSTEM_ALLOWED_IPS="127.0.0.1",
+        LOG_TO_FILE="false",
+        LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+def seed_env(pg: str, database: str) -> dict:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(pg)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "IOT_", "DATABASE_", "PG"))}
+    env.update(
+        PGDATABASE=database, PGHOST=parsed.hostname or "127.0.0.1", PGPORT=str(parsed.port or 5432),
+        PGUSER=parsed.username or "postgres", PGPASSWORD=parsed.password or "",
+        IOT_SYSTEM_SIGNATURE_SECRET=SECRET,
+    )
+    return env
+
+
+def ensure_seed_venv() -> Path:
+    python = SEED_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating the seed baseline's virtualenv in {SEED_VENV} (as its README says)")
+        subprocess.run([sys.executable, "-m", "venv", str(SEED_VENV)], check=True)
+        subprocess.run(
+            [str(SEED_VENV / "bin" / "pip"), "install", "-q", "django>=5.2,<6", "djangorestframework",
+             "psycopg2-binary", "gunicorn", "pytest-django"],
+            check=True,
+        )
+    return python
+
+
+OUR_TOKEN_SCRIPT = """
+from django.contrib.auth import get_user_model
+from rest_framework_simplejwt.tokens import RefreshToken
+User = get_user_model()
+user, _ = User.objects.get_or_create(username="bench", defaults={"email": "bench@chargeghar.local", "is_staff": True})
+print(RefreshToken.for_user(user).access_token)
+"""
+
+SEED_TOKEN_SCRIPT = """
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+User = get_user_model()
+user, _ = User.objects.get_or_create(username="bench", defaults={"email": "bench@chargeghar.local", "is_staff": True})
+print(Token.objects.get_or_create(user=user)[0].key)
+"""
+
+
+def prepare_ours(pg: str, database: str) -> str:
+    recreate_database(pg, database)
+    env = our_env(pg, database)
+    run([OUR_PYTHON, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT)
+    token = run([OUR_PYTHON, "manage.py", "shell", "-c", OUR_TOKEN_SCRIPT], env=env, cwd=ROOT).strip().splitlines()[-1]
+    return f"Bearer {token}"
+
+
+def prepare_seed(pg: str, database: str) -> str:
+    python = ensure_seed_venv()
+    recreate_database(pg, database)
+    env = seed_env(pg, database)
+    run([python, "manage.py", "migrate", "--noinput"], env=env, cwd=SEED_DIR)
+    token = run([python, "manage.py", "shell", "-c", SEED_TOKEN_SCRIPT], env=env, cwd=SEED_DIR).strip().splitlines()[-1]
+    return f"Token {token}"
+
+
+def gunicorn_command(python: Path, port: int, workers: int, threads: int) -> list[str]:
+    return [
+        str(python.parent / "gunicorn"), "main_app.wsgi:application",
+        "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        "--worker-class", "gthread", "--threads", str(threads), "--keep-alive", "10",
+        "--log-level", "warning", "--timeout", "60",
+    ]
+
+
+def start(target: Target, cmd: list[str], *, env: dict, cwd: Path) -> None:
+    target.process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      start_new_session=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", target.port, timeout=2)
+            connection.request("GET", "/")
+            connection.getresponse().read()
+            connection.close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{target.name} did not start on port {target.port}")
+
+
+def stop(target: Target) -> None:
+    if target.process and target.process.poll() is None:
+        os.killpg(target.process.pid, signal.SIGTERM)
+        try:
+            target.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(target.process.pid, signal.SIGKILL)
+
+
+def worker_peak_memory_mib(target: Target) -> float:
+    """Highest VmHWM (peak resident set) among the gunicorn workers of `target`."""
+    if not target.process:
+        return float("nan")
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(target.process.pid)], capture_output=True, text=True)
+    peaks = []
+    for pid in children.stdout.split():
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        except OSError:
+            continue
+    return max(peaks) if peaks else float("nan")
+
+
+# ---------------------------------------------------------------------------- query counts
+
+QUERY_COUNT_SCRIPT = r"""
+import json, os, sys, time, random, base64, hashlib, hmac
+sys.path.insert(0, os.getcwd())
+import django
+django.setup()
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+sys.path.insert(0, sys.argv[1])
+from bench import full_sync, sign, compact
+auth = sys.argv[2]
+client = Client()
+counts = {}
+for slots in (4, 24, 48):
+    index = 90000 + slots
+    rng = random.Random(slots)
+    ts = int(time.time()) - 10
+    for attempt in range(2):  # the first creates the station; count the second (the steady state)
+        body = compact(full_sync(index, slots, 0.7, rng, ts + attempt))
+        now = int(time.time())
+        headers = {"HTTP_AUTHORIZATION": auth, "HTTP_X_TIMESTAMP": str(now), "HTTP_X_SIGNATURE": sign(body, now),
+                   "HTTP_HOST": "127.0.0.1", "REMOTE_ADDR": "127.0.0.1"}
+        with CaptureQueriesContext(connection) as queries:
+            response = client.generic("POST", "/api/internal/stations/data", body, content_type="application/json", **headers)
+        assert response.status_code == 200, response.content
+    counts[slots] = len(queries.captured_queries)
+print(json.dumps(counts))
+"""
+
+
+def count_queries(python: Path, cwd: Path, env: dict, authorization: str) -> dict:
+    env = dict(env, DJANGO_SETTINGS_MODULE="main_app.settings")
+    out = run([python, "-c", QUERY_COUNT_SCRIPT, str(ROOT / "bench"), authorization], env=env, cwd=cwd)
+    return {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    pg = run(["psql", "--version"], env=os.environ, cwd=ROOT, check=False).strip()
+    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, {platform.platform()}, Python {platform.python_version()}, {pg}"
+
+
+def warm_up(target: Target, stations: int, slots: int, occupancy: float) -> None:
+    """One full sync per station, so the timed rounds update existing stations."""
+    drive_fixed(target, full_sync_bodies(stations, slots, occupancy, random.Random(1)), count=stations, clients=8)
+
+
+def drive_fixed(target: Target, make_body, *, count: int, clients: int) -> None:
+    counter = iter(range(count))
+    lock = threading.Lock()
+    failures = []
+
+    def client():
+        connection = http.client.HTTPConnection("127.0.0.1", target.port, timeout=30)
+        while True:
+            with lock:
+                n = next(counter, None)
+            if n is None:
+                break
+            body = make_body(n)
+            connection.request("POST", "/api/internal/stations/data", body=body, headers=target.headers(body))
+            response = connection.getresponse()
+            payload = response.read()
+            if response.status != 200:
+                failures.append((response.status, payload[:300]))
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise SystemExit(f"{target.name}: warm-up failed: {failures[:3]}")
+
+
+def print_round(result: RoundResult) -> None:
+    print(
+        f"  {result.target:<6} {result.rate:8.1f} full syncs/s   p50 {result.pct(0.50):7.1f} ms   "
+        f"p99 {result.pct(0.99):7.1f} ms   errors {result.errors}   statuses {dict(sorted(result.statuses.items()))}",
+        flush=True,
+    )
+
+
+def compare(args) -> None:
+    print(f"machine: {machine()}")
+    print(f"command: {shlex.join(sys.argv)}")
+    print(
+        f"traffic: {args.stations} stations x {args.slots} slots, {int(args.occupancy * 100)}% occupied, "
+        f"{args.clients} keep-alive clients; gunicorn gthread {args.workers} workers x {args.threads} thread(s) each"
+    )
+    seed = Target("seed", args.port + 1, prepare_seed(args.pg, "bench_seed"))
+    ours = Target("ours", args.port + 2, prepare_ours(args.pg, "bench_ours"))
+    seed_python = ensure_seed_venv()
+    queries = {
+        "seed": count_queries(seed_python, SEED_DIR, seed_env(args.pg, "bench_seed"), seed.authorization),
+        "ours": count_queries(OUR_PYTHON, ROOT, our_env(args.pg, "bench_ours"), ours.authorization),
+    }
+    try:
+        start(seed, gunicorn_command(seed_python, seed.port, args.workers, args.threads), env=seed_env(args.pg, "bench_seed"), cwd=SEED_DIR)
+        start(ours, gunicorn_command(OUR_PYTHON, ours.port, args.workers, args.threads), env=our_env(args.pg, "bench_ours"), cwd=ROOT)
+        for target in (seed, ours):
+            warm_up(target, args.stations, args.slots, args.occupancy)
+        results = {"seed": [], "ours": []}
+        for round_number in range(1, args.rounds + 1):
+            order = (seed, ours) if round_number % 2 else (ours, seed)
+            print(f"round {round_number} ({args.round_seconds:.0f} s each, {order[0].name} first)")
+            for target in order:
+                body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(round_number))
+                result = drive(target, body, clients=args.clients, seconds=args.round_seconds)
+                results[target.name].append(result)
+                print_round(result)
+        memory = {target.name: worker_peak_memory_mib(target) for target in (seed, ours)}
+    finally:
+        stop(seed)
+        stop(ours)
+
+    def total(name):
+        rounds = results[name]
+        latencies = [x for r in rounds for x in r.latencies]
+        merged = RoundResult(name, sum(r.seconds for r in rounds), latencies, sum(r.errors for r in rounds))
+        return merged
+
+    seed_total, ours_total = total("seed"), total("ours")
+    print()
+    print("summary (all rounds)        seed        ours     ours/seed")
+    print(f"  full syncs/s         {seed_total.rate:10.1f}  {ours_total.rate:10.1f}  {ours_total.rate / seed_total.rate:10.2f}x")
+    print(f"  p50 latency (ms)     {seed_total.pct(0.5):10.1f}  {ours_total.pct(0.5):10.1f}")
+    print(f"  p99 latency (ms)     {seed_total.pct(0.99):10.1f}  {ours_total.pct(0.99):10.1f}")
+    print(f"  errors               {seed_total.errors:10d}  {ours_total.errors:10d}")
+    for slots in (4, 24, 48):
+        print(f"  queries/full sync {slots:>2} slots {queries['seed'][slots]:7d}  {queries['ours'][slots]:10d}")
+    print(f"  peak worker RSS (MiB) {memory['seed']:9.1f}  {memory['ours']:10.1f}")
+
+
+BIG_FLEET_SQL = """
+INSERT INTO stations_station (id, serial_number, imei, station_name, address, latitude, longitude, total_slots,
+    status, hardware_info, firmware_version, signal_strength, wifi_ssid, last_heartbeat, device_state_at,
+    status_changed_at, created_at, updated_at)
+SELECT md5('st' || i)::uuid, (700000000000000 + i)::text, (700000000000000 + i)::text, 'Station ' || i, 'Pending',
+    0, 0, 20, 'ONLINE', '{"firmware_version": "2.1.5"}', '2.1.5', '31', '', now(), now() - interval '1 hour',
+    now(), now(), now()
+FROM generate_series(1, %(stations)s) AS i;
+INSERT INTO stations_stationslot (station_id, slot_number, status, battery_level, slot_metadata, updated_at)
+SELECT md5('st' || i)::uuid, s, 'OCCUPIED', 80, '{}', now()
+FROM generate_series(1, %(stations)s) AS i, generate_series(1, 20) AS s;
+INSERT INTO stations_powerbank (serial_number, model, status, battery_level, hardware_info, current_station_id,
+    current_slot_id, created_at, updated_at)
+SELECT (500000000 + slot.id)::text, '', 'AVAILABLE', 80, '{}', slot.station_id, slot.id, now(), now()
+FROM stations_stationslot slot;
+ANALYZE;
+"""
+
+
+def scale(args) -> None:
+    """p50 of one full sync, one at a time, on an empty database and on a big one."""
+    import psycopg
+
+    print(f"machine: {machine()}")
+    print(f"command: {shlex.join(sys.argv)}")
+    results = {}
+    for label, database in (("empty", "bench_scale_empty"), ("big", "bench_scale_big")):
+        authorization = prepare_ours(args.pg, database)
+        if label == "big":
+            started = time.time()
+            with psycopg.connect(f"{args.pg}/{database}", autocommit=True) as connection:
+                for statement in BIG_FLEET_SQL.strip().split(";\n"):
+                    if statement.strip():
+                        connection.execute(statement.replace("%(stations)s", str(args.big_stations)))
+                banks = connection.execute("SELECT count(*) FROM stations_powerbank").fetchone()[0]
+            print(f"  big database: {args.big_stations} stations, {banks} power banks loaded in {time.time() - started:.1f} s")
+        target = Target(label, args.port + 3, authorization)
+        start(target, gunicorn_command(OUR_PYTHON, target.port, args.workers, args.threads), env=our_env(args.pg, database), cwd=ROOT)
+        try:
+            warm_up(target, args.stations, args.slots, args.occupancy)
+            body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(7))
+            result = drive(target, body, clients=1, seconds=args.round_seconds)
+        finally:
+            stop(target)
+        results[label] = result
+        print_round(result)
+    ratio = results["big"].pct(0.5) / results["empty"].pct(0.5)
+    print(f"\n  p50 big / p50 empty = {ratio:.2f} ({(ratio - 1) * 100:+.0f}%)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pg", default=os.environ.get("BENCH_PG", PG_DEFAULT), help="PostgreSQL server URL without a database")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--stations", type=int, default=200)
+    parser.add_argument("--slots", type=int, default=24)
+    parser.add_argument("--occupancy", type=float, default=0.7)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--round-seconds", type=float, default=15)
+    parser.add_argument("--big-stations", type=int, default=10_000)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("compare", help="throughput and latency, ours against the seed")
+    sub.add_parser("scale", help="latency on an empty database against 10,000 stations / 200,000 banks")
+    args = parser.parse_args()
+    {"compare": compare, "scale": scale}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
