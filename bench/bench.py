@@ -155,21 +155,39 @@ class RoundResult:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def drive(target: Target, make_body, *, clients: int, seconds: float) -> RoundResult:
-    """Closed-loop load: `clients` keep-alive connections send back to back for `seconds`."""
+def drive(
+    target: Target, make_body, *, clients: int, seconds: float, rate: float | None = None
+) -> RoundResult:
+    """
+    Load `target` for `seconds` over `clients` keep-alive connections.
+
+    Closed loop (each client sends its next request when the last is answered) unless
+    `rate` is given: then requests are due at a fixed total rate, and latency counts from
+    when a request was due, so a server that falls behind is charged for the queue too.
+    """
     result = RoundResult(target.name, seconds)
     lock = threading.Lock()
-    deadline = time.perf_counter() + seconds
+    begin = time.perf_counter()
+    deadline = begin + seconds
     counter = iter(range(10**9))
 
     def client(worker: int):
         connection = http.client.HTTPConnection("127.0.0.1", target.port, timeout=15)
         latencies, statuses, errors = [], {}, 0
+        sent = 0
         while time.perf_counter() < deadline:
             with lock:
                 n = next(counter)
             body = make_body(n)
             started = time.perf_counter()
+            if rate:
+                due = begin + (sent * clients + worker) / rate
+                sent += 1
+                if due >= deadline:
+                    break
+                if due > started:
+                    time.sleep(due - started)
+                started = due
             try:
                 connection.request("POST", "/api/internal/stations/data", body=body, headers=target.headers(body))
                 response = connection.getresponse()
@@ -468,6 +486,13 @@ def compare(args) -> None:
                 result = drive(target, body, clients=args.clients, seconds=args.round_seconds)
                 results[target.name].append(result)
                 print_round(result)
+        seed_rate = sum(len(r.latencies) for r in results["seed"]) / sum(r.seconds for r in results["seed"])
+        target_rate = args.target_multiple * seed_rate
+        print(f"fixed rate: ours at {args.target_multiple:g} x the seed's {seed_rate:.1f}/s = {target_rate:.1f}/s "
+              f"for {args.round_seconds:.0f} s (latency counted from when each request was due)")
+        body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(99))
+        fixed = drive(ours, body, clients=args.clients, seconds=args.round_seconds, rate=target_rate)
+        print_round(fixed)
         memory = {target.name: worker_peak_memory_mib(target) for target in (seed, ours)}
     finally:
         stop(seed)
@@ -489,6 +514,10 @@ def compare(args) -> None:
     for slots in (4, 24, 48):
         print(f"  queries/full sync {slots:>2} slots {queries['seed'][slots]:7d}  {queries['ours'][slots]:10d}")
     print(f"  peak worker RSS (MiB) {memory['seed']:9.1f}  {memory['ours']:10.1f}")
+    print(
+        f"  at {target_rate:.1f}/s offered ({args.target_multiple:g}x seed): ours served {fixed.rate:.1f}/s, "
+        f"p50 {fixed.pct(0.5):.1f} ms, p99 {fixed.pct(0.99):.1f} ms, errors {fixed.errors}"
+    )
 
 
 BIG_FLEET_SQL = """
@@ -541,6 +570,205 @@ def scale(args) -> None:
     print(f"\n  p50 big / p50 empty = {ratio:.2f} ({(ratio - 1) * 100:+.0f}%)")
 
 
+# ---------------------------------------------------------------------------- soak
+
+
+class Fleet:
+    """Where every bank is, as the cabinets see it; messages are built from this model."""
+
+    def __init__(self, stations: int, slots: int, occupancy: float, seed: int = 5):
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.slots = slots
+        self.layout: dict[int, dict[int, str]] = {}
+        self.battery: dict[str, int] = {}
+        self.rented: set[str] = set()
+        self.online: dict[int, bool] = {}
+        for index in range(stations):
+            occupied = self.rng.sample(range(1, slots + 1), round(slots * occupancy))
+            self.layout[index] = {number: bank_serial(index, number) for number in occupied}
+            self.online[index] = True
+            for bank in self.layout[index].values():
+                self.battery[bank] = self.rng.randint(20, 100)
+
+    def full(self, index: int, timestamp: int) -> bytes:
+        with self.lock:
+            placed = dict(self.layout[index])
+            for bank in placed.values():
+                self.battery[bank] = min(100, self.battery[bank] + self.rng.randint(0, 3))
+            battery = {bank: self.battery[bank] for bank in placed.values()}
+        serial = station_serial(index)
+        message = full_sync(index, self.slots, 0, random.Random(timestamp), timestamp)
+        message["slots"] = [
+            {"slot_number": n, "status": "OCCUPIED" if n in placed else "AVAILABLE",
+             "battery_level": battery[placed[n]] if n in placed else 0,
+             **({"power_bank_serial": placed[n]} if n in placed else {}),
+             "slot_metadata": {"micro_switch": "0", "solenoid_valve": "0", "lock_count": 0}}
+            for n in range(1, self.slots + 1)
+        ]
+        message["power_banks"] = [
+            {"serial_number": bank, "status": "AVAILABLE", "battery_level": battery[bank], "current_slot": n,
+             "hardware_info": {"temperature": 25, "voltage": 50, "current": 0, "area_code": 73}}
+            for n, bank in sorted(placed.items())
+        ]
+        assert message["device"]["serial_number"] == serial
+        return compact(message)
+
+    def take(self) -> tuple[int, int, str] | None:
+        """A customer takes a bank out of a random cabinet (the rental is started elsewhere)."""
+        with self.lock:
+            index = self.rng.choice(list(self.layout))
+            if not self.layout[index]:
+                return None
+            number = self.rng.choice(list(self.layout[index]))
+            bank = self.layout[index].pop(number)
+            self.rented.add(bank)
+            return index, number, bank
+
+    def put_back(self, index: int, number: int, bank: str) -> None:
+        with self.lock:
+            self.rented.discard(bank)
+            self.layout[index].setdefault(number, bank)
+
+    def give_back(self, timestamp: int) -> bytes | None:
+        """A rented bank is pushed into a free slot of a random cabinet: a `returned` message."""
+        with self.lock:
+            if not self.rented:
+                return None
+            bank = self.rng.choice(sorted(self.rented))
+            index = self.rng.choice(list(self.layout))
+            free = [n for n in range(1, self.slots + 1) if n not in self.layout[index]]
+            if not free:
+                return None
+            number = self.rng.choice(free)
+            self.rented.discard(bank)
+            self.layout[index][number] = bank
+            battery = self.battery[bank] = max(5, self.battery[bank] - self.rng.randint(10, 40))
+        return compact({
+            "type": "returned", "timestamp": timestamp,
+            "device": {"serial_number": station_serial(index), "last_heartbeat": iso(timestamp)},
+            "return_event": {"power_bank_serial": bank, "slot_number": number, "battery_level": battery,
+                             "returned_at": iso(timestamp), "condition": "NORMAL",
+                             "hardware_info": {"temperature": 28, "voltage": 4800, "current": 0}},
+        })
+
+    def status(self, timestamp: int) -> bytes:
+        with self.lock:
+            index = self.rng.choice(list(self.layout))
+            self.online[index] = not self.online[index]
+            status = "ONLINE" if self.online[index] else "OFFLINE"
+        return compact({"type": "status", "timestamp": timestamp,
+                        "device": {"serial_number": station_serial(index), "status": status}})
+
+
+def soak(args) -> None:
+    """Mixed traffic (full, returned, status, stale, 10% identical retries) and rentals, then invariants."""
+    print(f"machine: {machine()}")
+    print(f"command: {shlex.join(sys.argv)}")
+    database = "bench_soak"
+    authorization = prepare_ours(args.pg, database)
+    env = our_env(args.pg, database)
+    os.environ.update(env)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "main_app.settings"
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from decimal import Decimal
+
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+
+    from api.rentals.models import Rental, RentalPackage
+    from api.rentals.services.rental_service import RentalService
+    from api.stations.models import IoTEvent, PowerBank
+    from api.stations.tests.fleet import invariant_violations
+    from main_app.exceptions import Conflict
+
+    package = RentalPackage.objects.create(name="soak", duration_minutes=60, price=Decimal("60"))
+    customers = [
+        get_user_model().objects.create_user(username=f"soak{i}", email=f"soak{i}@example.com") for i in range(20)
+    ]
+    fleet = Fleet(args.stations, args.slots, args.occupancy)
+    target = Target("ours", args.port + 4, authorization)
+    start(target, gunicorn_command(OUR_PYTHON, target.port, args.workers, args.threads), env=env, cwd=ROOT)
+    stop_renting = threading.Event()
+    rentals = {"started": 0, "refused": 0}
+
+    def renter():
+        rng = random.Random(11)
+        try:
+            while not stop_renting.wait(args.rental_interval):
+                taken = fleet.take()
+                if taken is None:
+                    continue
+                index, number, serial = taken
+                bank = PowerBank.objects.filter(serial_number=serial).first()
+                try:
+                    if bank is None:
+                        raise Conflict("bank not registered yet")
+                    RentalService.start_rental(user=rng.choice(customers), power_bank=bank, package=package)
+                    rentals["started"] += 1
+                except Conflict:
+                    fleet.put_back(index, number, serial)
+                    rentals["refused"] += 1
+        finally:
+            connections.close_all()
+
+    sent_digests: set[str] = set()
+    recent: list[bytes] = []
+    digest_lock = threading.Lock()
+    mix = {"full": 0, "returned": 0, "status": 0, "stale": 0, "retry": 0}
+
+    def make_body(n: int) -> bytes:
+        rng = random.Random(n)
+        now = int(time.time())
+        roll = rng.random()
+        body = None
+        kind = "full"
+        if roll < 0.10 and recent:
+            kind, body = "retry", rng.choice(recent)
+        elif roll < 0.25:
+            kind, body = "returned", fleet.give_back(now)
+        elif roll < 0.30:
+            kind, body = "status", fleet.status(now)
+        elif roll < 0.35:
+            kind, body = "stale", fleet.full(rng.randrange(args.stations), now - 60)
+        if body is None:
+            kind, body = "full", fleet.full(n % args.stations, now)
+        with digest_lock:
+            mix[kind] += 1
+            sent_digests.add(hashlib.sha256(body).hexdigest())
+            recent.append(body)
+            del recent[:-200]
+        return body
+
+    try:
+        for index in range(args.stations):  # every cabinet says hello first
+            drive_fixed(target, lambda n, index=index: fleet.full(index, int(time.time())), count=1, clients=1)
+        thread = threading.Thread(target=renter)
+        thread.start()
+        print(f"soak: {args.minutes:g} min, {args.clients} senders, {args.stations} station(s) x {args.slots} slots")
+        result = drive(target, make_body, clients=args.clients, seconds=args.minutes * 60)
+        stop_renting.set()
+        thread.join()
+    finally:
+        stop(target)
+    print_round(result)
+    print(f"  messages: {mix}; rentals started {rentals['started']}, refused {rentals['refused']}")
+    server_errors = sum(count for status, count in result.statuses.items() if status >= 500 or status == 0)
+    problems = invariant_violations()
+    primaries = set(IoTEvent.objects.filter(duplicate_of__isnull=True).values_list("body_sha256", flat=True))
+    missing = sent_digests - primaries
+    print(f"  5xx or connection errors: {server_errors}")
+    print(f"  invariants: {'hold' if not problems else problems}")
+    print(f"  bodies sent {len(sent_digests)}, in the event log once each: {len(sent_digests) - len(missing)}"
+          f"{'' if not missing else f', MISSING {len(missing)}'}")
+    print(f"  rentals: {Rental.objects.count()} ({Rental.objects.filter(status='COMPLETED').count()} completed)")
+    if server_errors or problems or missing or result.errors:
+        raise SystemExit("soak failed")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pg", default=os.environ.get("BENCH_PG", PG_DEFAULT), help="PostgreSQL server URL without a database")
@@ -554,11 +782,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--round-seconds", type=float, default=15)
     parser.add_argument("--big-stations", type=int, default=10_000)
+    parser.add_argument("--target-multiple", type=float, default=6.0, help="fixed-rate phase: this many times the seed")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("compare", help="throughput and latency, ours against the seed")
     sub.add_parser("scale", help="latency on an empty database against 10,000 stations / 200,000 banks")
+    soak_parser = sub.add_parser("soak", help="mixed traffic and rentals for a few minutes, then invariants")
+    soak_parser.add_argument("--minutes", type=float, default=3)
+    soak_parser.add_argument("--rental-interval", type=float, default=0.2, help="seconds between rentals")
     args = parser.parse_args()
-    {"compare": compare, "scale": scale}[args.command](args)
+    {"compare": compare, "scale": scale, "soak": soak}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -66,12 +66,17 @@ class RentalService:
     OPEN_STATUSES = OPEN_RENTAL_STATUSES
 
     @staticmethod
-    def open_rentals_for(power_bank_ids: Iterable[int]):
-        """Open rentals of these banks, locked, with their packages (caller is in a transaction)."""
+    def open_rentals_for(*, serials: Iterable[str]):
+        """
+        Open rentals of the banks with these serials, locked in a fixed order, with their
+        packages and banks. The caller is in a transaction and holds its station's lock;
+        rentals are locked before banks and slots (see api/stations/services/full_sync.py).
+        """
         return (
             Rental.objects.select_for_update(of=("self",))
-            .select_related("package")
-            .filter(power_bank_id__in=list(power_bank_ids), status__in=OPEN_RENTAL_STATUSES)
+            .select_related("package", "power_bank")
+            .filter(power_bank__serial_number__in=list(serials), status__in=OPEN_RENTAL_STATUSES)
+            .order_by("pk")
         )
 
     @staticmethod
@@ -134,9 +139,23 @@ class RentalService:
         """
         Hand `power_bank` to `user` on `package`: the bank leaves its slot and is RENTED.
 
+        Takes the locks in the order every station message does (station, then bank, then
+        slot), so it never deadlocks with a full sync or a return at the same station.
         Raises `Conflict` when the bank is already rented or not available.
         """
-        bank = PowerBank.objects.select_for_update().get(pk=power_bank.pk)
+        for _attempt in range(3):
+            station_id = (
+                PowerBank.objects.filter(pk=power_bank.pk)
+                .values_list("current_station_id", flat=True)
+                .get()
+            )
+            if station_id is not None:
+                Station.objects.select_for_update().filter(pk=station_id).first()
+            bank = PowerBank.objects.select_for_update().get(pk=power_bank.pk)
+            if bank.current_station_id == station_id:
+                break  # it did not move while we were taking the station's lock
+        else:
+            raise Conflict(f"Power bank {bank.serial_number} keeps moving; try again.")
         if bank.status != PowerBankStatus.AVAILABLE:
             raise Conflict(f"Power bank {bank.serial_number} is {bank.status}, not AVAILABLE.")
         if Rental.objects.filter(power_bank=bank, status__in=OPEN_RENTAL_STATUSES).exists():

@@ -15,6 +15,7 @@ processing failed (5xx), or never finished, is processed again.
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 import traceback
@@ -82,6 +83,14 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # Python reads 1e999 as infinity, which neither jsonb nor SQLite's JSON check stores.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def _decode(body: bytes) -> tuple[Any, str | None]:
     try:
         text = body.decode("utf-8")
@@ -90,7 +99,7 @@ def _decode(body: bytes) -> tuple[Any, str | None]:
     if "\x00" in text:
         return None, "The body contains a NUL character."
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):
         return None, "The body is not valid JSON."
     if _nested_deeper_than(data, MAX_NESTING):

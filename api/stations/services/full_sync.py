@@ -1,14 +1,15 @@
 """
 A full sync: the station's whole truth in one message (DESIGN rules 4, 5, 8, 9).
 
-Set-based: the number of queries does not depend on the slot count. With the station lock
-held, in this order (banks before slots everywhere, so concurrent messages for stations
-that trade banks cannot lock rows in opposite orders):
+Set-based: the number of queries does not depend on the slot count. Every writer takes
+its locks in one order: its station, then rentals, then power banks, then slots. Messages
+for stations that trade banks (and operators starting rentals) therefore never wait on
+each other in a cycle. The queries:
 
     1. SELECT the station FOR UPDATE (plus an INSERT and a second SELECT if it is new)
-    2. INSERT .. ON CONFLICT DO UPDATE every reported slot, RETURNING ids
-    3. SELECT the banks reported here or linked to this station
-    4. SELECT their open rentals FOR UPDATE                  (only if a placed bank has one)
+    2. SELECT the open rentals of the banks reported in slots, FOR UPDATE
+    3. SELECT the banks reported here or linked to this station, FOR UPDATE
+    4. INSERT .. ON CONFLICT DO UPDATE every reported slot, RETURNING ids
     5. UPDATE banks: take every moving bank out of its slot  (only if a bank moves or leaves)
     6. UPDATE slots left empty by those banks to AVAILABLE   (only if there are any)
     7. INSERT .. ON CONFLICT DO UPDATE every reported bank
@@ -185,7 +186,34 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
 
     slots, banks = _merge_reports(message)
 
-    # 2. Slots: one upsert; the returned ids map slot numbers to rows.
+    # 2. Lost returns: a bank back in a slot while its rental is open (DESIGN rule 8).
+    grace = timedelta(seconds=settings.IOT_RETURN_GRACE_SECONDS)
+    placed = [serial for serial, state in sorted(banks.items()) if state.slot_number is not None]
+    closed: list[Rental] = []
+    open_rentals = RentalService.open_rentals_for(serials=placed) if placed else []
+    for rental in open_rentals:
+        serial = rental.power_bank.serial_number
+        if message.sent_at - rental.started_at < grace:
+            continue  # just taken out: the cabinet may not have noticed yet
+        RentalService.complete(
+            rental,
+            ended_at=message.sent_at,
+            return_station=station,
+            battery_level=banks[serial].battery_level,
+            now=now,
+        )
+        closed.append(rental)
+
+    # 3. Where every bank of interest is now, locked in a fixed order.
+    known = {
+        bank.serial_number: bank
+        for bank in PowerBank.objects.select_for_update()
+        .filter(Q(serial_number__in=list(banks)) | Q(current_station=station))
+        .order_by("pk")
+        .only("id", "serial_number", "current_station_id", "current_slot_id", "status")
+    }
+
+    # 4. Slots: one upsert; the returned ids map slot numbers to rows.
     slot_id = upsert_slots(
         station.pk,
         [
@@ -194,36 +222,6 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
         ],
         now=now,
     )
-
-    # 3. Where every bank of interest is now.
-    known = {
-        bank.serial_number: bank
-        for bank in PowerBank.objects.filter(
-            Q(serial_number__in=list(banks)) | Q(current_station=station)
-        ).only("id", "serial_number", "current_station_id", "current_slot_id", "status")
-    }
-
-    # 4. Lost returns: a bank back in a slot while its rental is open (DESIGN rule 8).
-    grace = timedelta(seconds=settings.IOT_RETURN_GRACE_SECONDS)
-    serial_by_id = {bank.pk: serial for serial, bank in known.items()}
-    placed_ids = [
-        known[serial].pk
-        for serial, state in banks.items()
-        if serial in known and state.slot_number is not None
-    ]
-    closed: list[Rental] = []
-    if placed_ids:
-        for rental in RentalService.open_rentals_for(placed_ids):
-            if message.sent_at - rental.started_at < grace:
-                continue  # just taken out: the cabinet may not have noticed yet
-            RentalService.complete(
-                rental,
-                ended_at=message.sent_at,
-                return_station=station,
-                battery_level=banks[serial_by_id[rental.power_bank_id]].battery_level,
-                now=now,
-            )
-            closed.append(rental)
 
     # 5. Take every bank that moves or leaves out of its slot first.
     detached = sorted(

@@ -10,7 +10,6 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Q
 from django.utils import timezone
 
 from api.rentals.models import Rental
@@ -68,16 +67,9 @@ def apply_return(message: ReturnMessage, *, now: datetime | None = None) -> Retu
     event = message.return_event
     station, _ = lock_station(serial_number=message.device.serial_number)
 
-    # The rental before the bank: the same lock order as a full sync.
-    bank_id = (
-        PowerBank.objects.filter(serial_number=event.power_bank_serial)
-        .values_list("pk", flat=True)
-        .first()
-    )
-    rental = None
+    # Station, rental, banks, slots: the lock order of every writer (see full_sync.py).
+    rental = RentalService.open_rentals_for(serials=[event.power_bank_serial]).first()
     charges = None
-    if bank_id is not None:
-        rental = RentalService.open_rentals_for([bank_id]).first()
     bank = _lock_or_register_bank(event.power_bank_serial)
 
     if rental is not None:
@@ -108,6 +100,11 @@ def apply_return(message: ReturnMessage, *, now: datetime | None = None) -> Retu
     # The sender's battery level may be stale or 0; a 0 does not erase a known level.
     battery = event.battery_level or bank.battery_level
 
+    # Whatever bank the database still had in that slot has physically left it.
+    PowerBank.objects.filter(
+        current_slot__station=station, current_slot__slot_number=event.slot_number
+    ).exclude(pk=bank.pk).update(current_slot=None, updated_at=now)
+
     slot = StationSlot(
         station=station,
         slot_number=event.slot_number,
@@ -121,10 +118,6 @@ def apply_return(message: ReturnMessage, *, now: datetime | None = None) -> Retu
         update_fields=["status", "battery_level", "updated_at"],
     )
 
-    # Whatever bank the database still had in that slot has physically left it.
-    PowerBank.objects.filter(Q(current_slot_id=slot.pk) & ~Q(pk=bank.pk)).update(
-        current_slot=None, updated_at=now
-    )
     if bank.current_slot_id and bank.current_slot_id != slot.pk:
         StationSlot.objects.filter(pk=bank.current_slot_id, status=SlotStatus.OCCUPIED).update(
             status=SlotStatus.AVAILABLE, battery_level=0, updated_at=now

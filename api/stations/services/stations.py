@@ -3,6 +3,7 @@
 import uuid
 from datetime import datetime
 
+from django.db import transaction
 from django.db.models import Case, Q, Value, When
 
 from api.stations.models import (
@@ -10,6 +11,7 @@ from api.stations.models import (
     Station,
     StationStatus,
     StationStatusHistory,
+    StatusTrigger,
 )
 
 
@@ -84,3 +86,23 @@ def status_change(
     station.status = new_status
     station.status_changed_at = at
     return history
+
+
+def set_status_by_operator(
+    *, station_id, new_status: str, at: datetime
+) -> tuple[Station, StationStatusHistory | None]:
+    """
+    An operator's status change from the admin (trigger ADMIN), under the station lock.
+
+    Returns the station and the saved history row, or None when the status was already
+    `new_status`. Opens its own transaction (or joins the caller's).
+    """
+    with transaction.atomic():
+        station = Station.objects.select_for_update().get(pk=station_id)
+        history = status_change(station, new_status, at=at, trigger=StatusTrigger.ADMIN)
+        if history is not None:
+            Station.objects.filter(pk=station.pk).update(
+                status=station.status, status_changed_at=station.status_changed_at, updated_at=at
+            )
+            history.save()
+    return station, history

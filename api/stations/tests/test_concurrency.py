@@ -186,3 +186,81 @@ class ConcurrencyTests(FleetInvariantsMixin, TransactionTestCase):
             same.result(timeout=10)
             holder.result(timeout=10)
         self.assertFleetInvariants()
+
+
+@unittest.skipUnless(ON_POSTGRES, SKIP_REASON)
+@override_settings(IOT_RETURN_GRACE_SECONDS=120)
+class LockOrderTests(FleetInvariantsMixin, TransactionTestCase):
+    """Writers take station, rental, bank and slot locks in one order: no deadlocks."""
+
+    def setUp(self):
+        close_old_connections()
+        self.package = RentalPackage.objects.create(name="h", duration_minutes=60, price=Decimal("50"))
+        self.customer = make_staff("customer@chargeghar.test", is_staff=False)
+
+    def test_rentals_started_while_the_station_syncs_never_deadlock(self):
+        banks = {n: (f"4081{n:04d}", 90) for n in range(1, 13)}
+        StationSyncService().sync_station_data(full_payload(banks=banks, total_slots=12, timestamp=now_ts() - 60))
+        errors = []
+
+        def rent(serial):
+            def run():
+                try:
+                    RentalService.start_rental(
+                        user=self.customer,
+                        power_bank=PowerBank.objects.get(serial_number=serial),
+                        package=self.package,
+                    )
+                except Exception as exc:  # noqa: BLE001 - the test reports whatever escaped
+                    errors.append(exc)
+
+            return run
+
+        def sync(offset):
+            def run():
+                try:
+                    with transaction.atomic():
+                        StationSyncService().sync_station_data(
+                            full_payload(banks=banks, total_slots=12, timestamp=now_ts() - 30 + offset)
+                        )
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(exc)
+
+            return run
+
+        work = []
+        for n in range(1, 13):
+            work.append(rent(banks[n][0]))
+            work.append(sync(n))
+        run_concurrently(work)
+
+        self.assertEqual(errors, [])
+        self.assertEqual(Rental.objects.filter(status=RentalStatus.ACTIVE).count(), 12)
+        self.assertFleetInvariants()
+
+    def test_banks_moving_between_two_stations_by_syncs_and_returns_never_deadlock(self):
+        service = StationSyncService()
+        serials = [f"5081{n:04d}" for n in range(1, 9)]
+        base = now_ts() - 120
+        service.sync_station_data(
+            full_payload("STATION-A", banks={n: (s, 80) for n, s in enumerate(serials, 1)}, total_slots=8, timestamp=base)
+        )
+        service.sync_station_data(full_payload("STATION-B", total_slots=8, timestamp=base))
+        staff = make_staff()
+        payloads = []
+        for i in range(8):
+            # A reports the banks in reverse order while B receives them one by one.
+            payloads.append(full_payload(
+                "STATION-A", banks={n: (s, 80) for n, s in enumerate(reversed(serials), 1)},
+                total_slots=8, timestamp=base + 10 + i,
+            ))
+            payloads.append(return_payload(serials[i], i + 1, "STATION-B", timestamp=base + 20 + i))
+            payloads.append(full_payload(
+                "STATION-B", banks={n: (s, 70) for n, s in enumerate(serials[: i + 1], 1)},
+                total_slots=8, timestamp=base + 30 + i,
+            ))
+
+        responses = run_concurrently([lambda p=p: SenderClient(staff).post(p) for p in payloads])
+
+        self.assertEqual(sorted({r.status_code for r in responses}), [200])
+        self.assertFleetInvariants()

@@ -1,0 +1,313 @@
+"""
+Rentals and rental packages in the operators' admin.
+
+A rental is a money record written only by `RentalService`: the admin shows rentals
+read-only, and its "add" page is a small "start a rental" form that calls
+`RentalService.start_rental` (the bank leaves its slot and becomes RENTED).
+"""
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.views.autocomplete import AutocompleteJsonView
+from django.contrib.admin.widgets import AutocompleteSelect
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.db.models import F
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from api.rentals.models import PaymentStatus, Rental, RentalPackage, RentalStatus
+from api.rentals.services.rental_service import RentalService
+from api.stations.admin import ADMIN_MEDIA_CSS, admin_link, badge, choice_badge
+from api.stations.models import PowerBank
+from api.stations.services.dashboard import overdue_rentals_q, rentable_power_banks_q
+from main_app.exceptions import Conflict
+
+RENTAL_STATUS_TONE = {
+    RentalStatus.PENDING: "muted",
+    RentalStatus.ACTIVE: "info",
+    RentalStatus.OVERDUE: "bad",
+    RentalStatus.COMPLETED: "ok",
+    RentalStatus.CANCELLED: "muted",
+}
+PAYMENT_STATUS_TONE = {
+    PaymentStatus.PENDING: "warn",
+    PaymentStatus.PAID: "ok",
+    PaymentStatus.FAILED: "bad",
+    PaymentStatus.REFUNDED: "muted",
+}
+
+
+class OverdueFilter(admin.SimpleListFilter):
+    title = "overdue"
+    parameter_name = "overdue"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Overdue (OVERDUE, or ACTIVE past due)"), ("no", "Not overdue")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(overdue_rentals_q(timezone.now()))
+        if self.value() == "no":
+            return queryset.exclude(overdue_rentals_q(timezone.now()))
+        return queryset
+
+
+def bank_label(bank: PowerBank) -> str:
+    """What an operator needs to pick a bank: serial, charge and where it sits."""
+    where = (
+        f"{bank.current_station.station_name} slot {bank.current_slot.slot_number}"
+        if bank.current_slot_id
+        else "not in a slot"
+    )
+    return f"{bank.serial_number} · {bank.battery_level}% · {where}"
+
+
+class RentableBankAutocomplete(AutocompleteJsonView):
+    """The bank picker's search: rentable banks only, fullest first, labelled with their place."""
+
+    def get_queryset(self):
+        return (
+            super()
+            .get_queryset()
+            .filter(rentable_power_banks_q())
+            .select_related("current_station", "current_slot")
+            .order_by("-battery_level", "serial_number")
+        )
+
+    def serialize_result(self, obj, to_field_name):
+        return {"id": str(getattr(obj, to_field_name)), "text": bank_label(obj)}
+
+
+class BankPicker(AutocompleteSelect):
+    def get_url(self):
+        return reverse(f"{self.admin_site.name}:rentals_rental_bank_autocomplete")
+
+
+class BankChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj):
+        return bank_label(obj)
+
+
+class StartRentalForm(forms.Form):
+    customer_email = forms.EmailField(
+        label="Customer email", help_text="The customer's account email address."
+    )
+    power_bank = BankChoiceField(
+        queryset=PowerBank.objects.none(),
+        error_messages={
+            "invalid_choice": "This power bank cannot be rented now: it is not AVAILABLE in a slot."
+        },
+        help_text="Only banks that are AVAILABLE and sit in a slot can be rented. "
+        "Type part of the serial number or the station's name.",
+    )
+    package = forms.ModelChoiceField(queryset=RentalPackage.objects.none())
+
+    def __init__(self, *args, admin_site, **kwargs):
+        super().__init__(*args, **kwargs)
+        bank_field = self.fields["power_bank"]
+        # A search box, not a <select> of every bank in the fleet. (The widget first: setting
+        # the queryset hands the choices to the widget.)
+        bank_field.widget = BankPicker(Rental._meta.get_field("power_bank"), admin_site)
+        bank_field.queryset = PowerBank.objects.filter(rentable_power_banks_q()).select_related(
+            "current_station", "current_slot"
+        )
+        self.fields["package"].queryset = RentalPackage.objects.filter(is_active=True)
+        if not self.is_bound:
+            # Offer a sole package preselected rather than "---------".
+            packages = list(self.fields["package"].queryset[:2])
+            if len(packages) == 1:
+                self.initial.setdefault("package", packages[0].pk)
+
+    def clean_customer_email(self):
+        email = self.cleaned_data["customer_email"]
+        customer = get_user_model().objects.filter(email__iexact=email).first()
+        if customer is None:
+            raise forms.ValidationError("No customer has this email address.")
+        if not customer.is_active:
+            raise forms.ValidationError("This customer's account is deactivated.")
+        self.cleaned_data["customer"] = customer
+        return email
+
+
+@admin.register(Rental)
+class RentalAdmin(admin.ModelAdmin):
+    list_display = (
+        "rental_code",
+        "customer",
+        "power_bank",
+        "package",
+        "status_display",
+        "started_at",
+        "due_at",
+        "ended_at",
+        "on_time",
+        "charges_total",
+        "payment_display",
+    )
+    list_select_related = ("user", "power_bank", "package")
+    list_filter = ("status", OverdueFilter, "payment_status", "package")
+    search_fields = ("=rental_code", "user__email", "power_bank__serial_number")
+    date_hierarchy = "started_at"
+    list_per_page = 100
+    fieldsets = [
+        (
+            "Rental",
+            {"fields": ("rental_code", "customer_link", "power_bank_link", "package", "status_display")},
+        ),
+        ("Time", {"fields": ("started_at", "due_at", "ended_at", "on_time")}),
+        ("Stations", {"fields": ("station_link", "return_station_link", "return_battery_level")}),
+        (
+            "Money (computed by the rental service)",
+            {"fields": ("base_amount", "overdue_amount", "charges_total", "payment_display")},
+        ),
+        ("Record", {"fields": ("id", "created_at", "updated_at")}),
+    ]
+    readonly_fields = (
+        "rental_code",
+        "customer_link",
+        "power_bank_link",
+        "package",
+        "status_display",
+        "started_at",
+        "due_at",
+        "ended_at",
+        "on_time",
+        "station_link",
+        "return_station_link",
+        "return_battery_level",
+        "base_amount",
+        "overdue_amount",
+        "charges_total",
+        "payment_display",
+        "id",
+        "created_at",
+        "updated_at",
+    )
+
+    class Media:
+        css = ADMIN_MEDIA_CSS
+
+    def get_queryset(self, request):
+        # No select_related here: it would replace list_select_related on the changelist.
+        return super().get_queryset(request).annotate(charges=F("base_amount") + F("overdue_amount"))
+
+    # Every write to a rental goes through RentalService: no editing, no deleting here.
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Customer", ordering="user__email")
+    def customer(self, rental):
+        return rental.user.email or rental.user
+
+    @admin.display(description="Customer")
+    def customer_link(self, rental):
+        return admin_link(rental.user, rental.user.email or str(rental.user))
+
+    @admin.display(description="Power bank")
+    def power_bank_link(self, rental):
+        return admin_link(rental.power_bank)
+
+    @admin.display(description="Start station")
+    def station_link(self, rental):
+        return admin_link(rental.station)
+
+    @admin.display(description="Return station")
+    def return_station_link(self, rental):
+        return admin_link(rental.return_station)
+
+    @admin.display(description="Status", ordering="status")
+    def status_display(self, rental):
+        if rental.status == RentalStatus.ACTIVE and rental.due_at < timezone.now():
+            return format_html(
+                "{} {}",
+                choice_badge(rental.status, RentalStatus, RENTAL_STATUS_TONE),
+                badge("past due", "bad"),
+            )
+        return choice_badge(rental.status, RentalStatus, RENTAL_STATUS_TONE)
+
+    @admin.display(description="Payment", ordering="payment_status")
+    def payment_display(self, rental):
+        return choice_badge(rental.payment_status, PaymentStatus, PAYMENT_STATUS_TONE)
+
+    @admin.display(description="On time", boolean=True, ordering="is_returned_on_time")
+    def on_time(self, rental):
+        # Unknown until the bank is back.
+        return rental.is_returned_on_time if rental.ended_at else None
+
+    @admin.display(description="Charges total", ordering="charges")
+    def charges_total(self, rental):
+        return rental.total_amount
+
+    # "Add" is "start a rental" through the service.
+
+    def get_urls(self):
+        picker = path(
+            "bank-autocomplete/",
+            self.admin_site.admin_view(RentableBankAutocomplete.as_view(admin_site=self.admin_site)),
+            name="rentals_rental_bank_autocomplete",
+        )
+        return [picker, *super().get_urls()]
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            form = StartRentalForm(request.POST, admin_site=self.admin_site)
+            if form.is_valid():
+                try:
+                    rental = RentalService.start_rental(
+                        user=form.cleaned_data["customer"],
+                        power_bank=form.cleaned_data["power_bank"],
+                        package=form.cleaned_data["package"],
+                    )
+                except Conflict as exc:
+                    form.add_error(None, exc.message)
+                else:
+                    self.log_addition(request, rental, [{"added": {}}])
+                    self.message_user(
+                        request,
+                        f"Rental {rental.rental_code} started: power bank "
+                        f"{rental.power_bank.serial_number} to {rental.user.email} on "
+                        f"{rental.package.name}, due {timezone.localtime(rental.due_at):%Y-%m-%d %H:%M}.",
+                        messages.SUCCESS,
+                    )
+                    return HttpResponseRedirect(reverse("admin:rentals_rental_change", args=[rental.pk]))
+        else:
+            initial = {}
+            if request.GET.get("power_bank", "").isdigit():
+                initial["power_bank"] = int(request.GET["power_bank"])
+            form = StartRentalForm(initial=initial, admin_site=self.admin_site)
+
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Start a rental",
+            "subtitle": None,
+            "opts": self.opts,
+            "form": form,
+            "media": self.media + form.media,
+            "has_view_permission": self.has_view_permission(request),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/rentals/rental/start_rental.html", context)
+
+
+@admin.register(RentalPackage)
+class RentalPackageAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "duration_minutes",
+        "price",
+        "payment_model",
+        "late_multiplier",
+        "grace_minutes",
+        "is_active",
+    )
+    list_filter = ("is_active", "payment_model")
+    search_fields = ("name",)

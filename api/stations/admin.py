@@ -1,0 +1,874 @@
+"""
+The operators' admin for stations, power banks, status history and the IoT event log.
+
+Operators place stations (name, address, coordinates) and watch the fleet; everything a
+sync writes is read-only here. Writes other than placement go through services: status
+changes through `services.stations.set_status_by_operator`, re-processing through
+`services.events.reprocess`, rentals through `RentalService` (see api/rentals/admin.py).
+"""
+
+import json
+from datetime import datetime, timedelta
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.validators import RegexValidator
+from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce, NullIf
+from django.http import HttpResponseRedirect
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
+
+from api.stations.models import (
+    IoTEvent,
+    IoTEventOutcome,
+    PowerBank,
+    PowerBankStatus,
+    SlotStatus,
+    Station,
+    StationSlot,
+    StationStatus,
+    StationStatusHistory,
+)
+from api.stations.services import events as event_service
+from api.stations.services.dashboard import (
+    failed_events_q,
+    heartbeat_cutoff,
+    placement_pending_q,
+    rentable_power_banks_q,
+)
+from api.stations.services.stations import set_status_by_operator
+
+# A bank at or above this battery level counts as charged (ready to hand out).
+CHARGED_BATTERY_LEVEL = 80
+RECENT_ROWS = 20
+# Re-processing runs each body through the full pipeline inside the request: more than
+# this belongs to `manage.py reprocess_iot_events`.
+MAX_REPROCESS_PER_ACTION = 100
+
+ADMIN_MEDIA_CSS = {"all": ["stations/admin.css"]}
+
+
+# --- Small display helpers (also used by api/rentals/admin.py) -----------------------------
+
+STATION_STATUS_TONE = {
+    StationStatus.ONLINE: "ok",
+    StationStatus.OFFLINE: "bad",
+    StationStatus.MAINTENANCE: "warn",
+}
+POWER_BANK_STATUS_TONE = {
+    PowerBankStatus.AVAILABLE: "ok",
+    PowerBankStatus.RENTED: "info",
+    PowerBankStatus.MAINTENANCE: "warn",
+    PowerBankStatus.DAMAGED: "bad",
+}
+OUTCOME_TONE = {
+    IoTEventOutcome.RECEIVED: "info",
+    IoTEventOutcome.PROCESSED: "ok",
+    IoTEventOutcome.DUPLICATE: "muted",
+    IoTEventOutcome.STALE: "muted",
+    IoTEventOutcome.REJECTED: "warn",
+    IoTEventOutcome.FAILED: "bad",
+}
+
+
+def badge(label, tone: str):
+    return format_html('<span class="cg-badge cg-badge--{}">{}</span>', tone, label)
+
+
+def choice_badge(value: str, choices, tones: dict):
+    if not value:
+        return "-"
+    return badge(choices(value).label if value in choices.values else value, tones.get(value, "muted"))
+
+
+def age(moment: datetime | None, *, now: datetime | None = None) -> str:
+    """'3 min ago' style, coarse on purpose: operators scan it, they do not compute with it."""
+    if moment is None:
+        return "never"
+    seconds = int(((now or timezone.now()) - moment).total_seconds())
+    if seconds < 0:
+        return "in the future"
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} days ago"
+
+
+def duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def pretty_json(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
+
+
+def pre(text: str):
+    return format_html('<pre class="cg-pre">{}</pre>', text) if text else "-"
+
+
+def admin_link(obj, text=None):
+    if obj is None:
+        return "-"
+    url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
+    return format_html('<a href="{}">{}</a>', url, text if text is not None else obj)
+
+
+def battery_meter(level: int | None):
+    if level is None:
+        return "-"
+    tone = "ok" if level >= CHARGED_BATTERY_LEVEL else ("warn" if level >= 20 else "bad")
+    return format_html(
+        '<span class="cg-battery cg-battery--{}" title="{}%"><span style="width:{}%"></span></span> {}%',
+        tone,
+        level,
+        level,
+        level,
+    )
+
+
+# --- Stations --------------------------------------------------------------------------------
+
+
+class HeartbeatFreshnessFilter(admin.SimpleListFilter):
+    title = "heartbeat"
+    parameter_name = "heartbeat"
+
+    def lookups(self, request, model_admin):
+        minutes = settings.IOT_OFFLINE_AFTER_MINUTES
+        return [
+            ("fresh", f"Fresh (last {minutes} min)"),
+            ("stale", f"Stale (older than {minutes} min)"),
+            ("never", "Never heard from"),
+        ]
+
+    def queryset(self, request, queryset):
+        cutoff = heartbeat_cutoff(timezone.now())
+        if self.value() == "fresh":
+            return queryset.filter(last_heartbeat__gte=cutoff)
+        if self.value() == "stale":
+            return queryset.filter(last_heartbeat__lt=cutoff)
+        if self.value() == "never":
+            return queryset.filter(last_heartbeat__isnull=True)
+        return queryset
+
+
+class PlacementFilter(admin.SimpleListFilter):
+    title = "placement"
+    parameter_name = "placement"
+
+    def lookups(self, request, model_admin):
+        return [("pending", "Pending (placeholder location)"), ("placed", "Placed")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "pending":
+            return queryset.filter(placement_pending_q())
+        if self.value() == "placed":
+            return queryset.exclude(placement_pending_q())
+        return queryset
+
+
+serial_validator = RegexValidator(
+    r"^[A-Za-z0-9_-]{1,64}$", "1-64 letters, digits, '-' or '_' (the IMEI for real cabinets)."
+)
+
+
+# Operator-owned: a sync never overwrites these (DESIGN rule 5). Everything else is the sync's.
+OPERATOR_FIELDS = ("station_name", "address", "latitude", "longitude")
+
+
+class StationForm(forms.ModelForm):
+    """Validates what the database would otherwise refuse with an IntegrityError."""
+
+    class Meta:
+        model = Station
+        # The admin narrows this to the operator's fields on the change page.
+        fields = ("serial_number", "imei", *OPERATOR_FIELDS)
+
+    def clean_latitude(self):
+        value = self.cleaned_data["latitude"]
+        if value is not None and not -90 <= value <= 90:
+            raise forms.ValidationError("Latitude must be between -90 and 90.")
+        return value
+
+    def clean_longitude(self):
+        value = self.cleaned_data["longitude"]
+        if value is not None and not -180 <= value <= 180:
+            raise forms.ValidationError("Longitude must be between -180 and 180.")
+        return value
+
+    def clean_serial_number(self):
+        value = self.cleaned_data["serial_number"]
+        serial_validator(value)
+        return value
+
+
+def _slot_count_subquery():
+    slots = StationSlot.objects.filter(station=OuterRef("pk")).order_by().values("station")
+    return Subquery(slots.annotate(n=Count("pk")).values("n"), output_field=IntegerField())
+
+
+def _bank_count_subquery(condition: Q | None = None):
+    banks = (
+        PowerBank.objects.filter(current_station=OuterRef("pk"), current_slot__isnull=False)
+        .order_by()
+        .values("current_station")
+    )
+    return Subquery(banks.annotate(n=Count("pk", filter=condition)).values("n"), output_field=IntegerField())
+
+
+def with_slot_counts(queryset):
+    """
+    Annotate `slots_charged`, `slots_occupied` and `slots_total` (no query per row).
+
+    Correlated subqueries rather than a GROUP BY over joins: PostgreSQL evaluates them only
+    for the rows of the page it returns (after ORDER BY/LIMIT), while a grouped join would
+    aggregate every slot and bank of the fleet before paginating, and joining slots and
+    banks together would multiply the rows it counts.
+    """
+    return queryset.annotate(
+        slots_occupied=Coalesce(_bank_count_subquery(), Value(0)),
+        slots_charged=Coalesce(_bank_count_subquery(Q(battery_level__gte=CHARGED_BATTERY_LEVEL)), Value(0)),
+        slots_total=Coalesce(NullIf("total_slots", Value(0)), _slot_count_subquery(), Value(0)),
+    )
+
+
+DEVICE_FIELDS = (
+    "serial_number",
+    "imei",
+    "status_display",
+    "status_changed_at",
+    "heartbeat_display",
+    "firmware_version",
+    "signal_strength",
+    "wifi_ssid",
+    "total_slots",
+    "device_state_at",
+    "hardware_info_display",
+    "created_at",
+    "updated_at",
+)
+
+
+@admin.register(Station)
+class StationAdmin(admin.ModelAdmin):
+    form = StationForm
+    list_display = (
+        "station_name",
+        "serial_number",
+        "status_display",
+        "heartbeat_display",
+        "slots_display",
+        "firmware_version",
+        "signal_strength",
+        "address",
+    )
+    list_display_links = ("station_name", "serial_number")
+    list_filter = ("status", HeartbeatFreshnessFilter, PlacementFilter)
+    search_fields = ("serial_number", "imei", "station_name", "address")
+    readonly_fields = DEVICE_FIELDS
+    actions = ("put_in_maintenance", "back_online")
+    list_per_page = 100
+    change_form_template = "admin/stations/station/change_form.html"
+    # The change page is long (slot map, history, messages): offer Save at the top too.
+    save_on_top = True
+
+    class Media:
+        css = ADMIN_MEDIA_CSS
+
+    def get_queryset(self, request):
+        return with_slot_counts(super().get_queryset(request))
+
+    def get_fieldsets(self, request, obj=None):
+        placement = (
+            "Placement",
+            {
+                "fields": ("station_name", "address", ("latitude", "longitude")),
+                "description": "Set by operators; a sync from the cabinet never overwrites these.",
+            },
+        )
+        if obj is None:
+            # Registering a cabinet before it first reports: the sync will match it by IMEI.
+            identity = ("Cabinet", {"fields": ("serial_number", "imei")})
+            return [identity, placement]
+        device = (
+            "Device (reported by the cabinet, read-only)",
+            {"fields": DEVICE_FIELDS},
+        )
+        return [placement, device]
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else DEVICE_FIELDS
+
+    @admin.display(description="Status", ordering="status")
+    def status_display(self, station):
+        return choice_badge(station.status, StationStatus, STATION_STATUS_TONE)
+
+    @admin.display(description="Last heartbeat", ordering="last_heartbeat")
+    def heartbeat_display(self, station):
+        if station.last_heartbeat is None:
+            return format_html('<span class="cg-age cg-age--stale">{}</span>', "never")
+        stale = station.last_heartbeat < heartbeat_cutoff(timezone.now())
+        return format_html(
+            '<span class="cg-age{}" title="{}">{}</span>',
+            " cg-age--stale" if stale else "",
+            station.last_heartbeat.isoformat(timespec="seconds"),
+            age(station.last_heartbeat),
+        )
+
+    @admin.display(
+        description=f"Slots: charged (≥{CHARGED_BATTERY_LEVEL}%) / occupied / total",
+        ordering="slots_charged",
+    )
+    def slots_display(self, station):
+        return format_html(
+            '<span class="cg-slots"><b class="{}">{}</b>/{}/{}</span>',
+            "cg-slots--none" if station.slots_charged == 0 else "cg-slots--some",
+            station.slots_charged,
+            station.slots_occupied,
+            station.slots_total,
+        )
+
+    @admin.display(description="Hardware info")
+    def hardware_info_display(self, station):
+        return pre(pretty_json(station.hardware_info)) if station.hardware_info else "-"
+
+    # The change page: slot map, status history and recent messages below the fields.
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None and not add:
+            context.update(
+                slot_cells=slot_cells(obj),
+                charged_level=CHARGED_BATTERY_LEVEL,
+                status_history=[
+                    {
+                        "changed_at": row.changed_at,
+                        "previous": row.get_previous_status_display() or "-",
+                        "status": row.get_status_display(),
+                        "status_badge": choice_badge(row.status, StationStatus, STATION_STATUS_TONE),
+                        "duration": duration(row.seconds_in_previous_status),
+                        "trigger": row.get_trigger_display(),
+                    }
+                    for row in obj.status_history.all()[:RECENT_ROWS]
+                ],
+                recent_events=[
+                    {
+                        "event": event,
+                        "url": reverse("admin:stations_iotevent_change", args=[event.pk]),
+                        "outcome": choice_badge(event.outcome, IoTEventOutcome, OUTCOME_TONE),
+                    }
+                    for event in IoTEvent.objects.filter(station_serial=obj.serial_number).only(
+                        "id", "received_at", "message_type", "outcome", "http_status", "duration_ms"
+                    )[:RECENT_ROWS]
+                ],
+                all_events_url=reverse("admin:stations_iotevent_changelist")
+                + "?"
+                + urlencode({"station_serial": obj.serial_number}),
+                history_url=reverse("admin:stations_stationstatushistory_changelist")
+                + "?"
+                + urlencode({"station__id__exact": obj.pk}),
+            )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # Actions: status changes by an operator, written with trigger ADMIN.
+
+    @admin.action(description="Put in maintenance", permissions=["change"])
+    def put_in_maintenance(self, request, queryset):
+        now = timezone.now()
+        changed = unchanged = 0
+        for station_id in queryset.values_list("pk", flat=True):
+            _, history = set_status_by_operator(
+                station_id=station_id, new_status=StationStatus.MAINTENANCE, at=now
+            )
+            changed += history is not None
+            unchanged += history is None
+        self.message_user(
+            request,
+            f"{changed} station(s) put in maintenance"
+            + (f"; {unchanged} already were." if unchanged else "."),
+            messages.SUCCESS,
+        )
+        if changed:
+            self.message_user(
+                request,
+                "Note: the cabinet's next status message or full sync reports its own status "
+                "and replaces MAINTENANCE.",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Back online (end maintenance)", permissions=["change"])
+    def back_online(self, request, queryset):
+        # ONLINE only for a cabinet we heard from recently; a silent one goes OFFLINE, as
+        # the heartbeat monitor would mark it anyway.
+        now = timezone.now()
+        cutoff = heartbeat_cutoff(now)
+        counts = {StationStatus.ONLINE: 0, StationStatus.OFFLINE: 0, None: 0}
+        for station_id, heartbeat in queryset.values_list("pk", "last_heartbeat"):
+            target = (
+                StationStatus.ONLINE
+                if heartbeat is not None and heartbeat >= cutoff
+                else StationStatus.OFFLINE
+            )
+            _, history = set_status_by_operator(station_id=station_id, new_status=target, at=now)
+            counts[target if history is not None else None] += 1
+        parts = [f"{counts[StationStatus.ONLINE]} station(s) back ONLINE"]
+        if counts[StationStatus.OFFLINE]:
+            parts.append(
+                f"{counts[StationStatus.OFFLINE]} set OFFLINE (no heartbeat in the last "
+                f"{settings.IOT_OFFLINE_AFTER_MINUTES} min)"
+            )
+        if counts[None]:
+            parts.append(f"{counts[None]} unchanged")
+        self.message_user(request, "; ".join(parts) + ".", messages.SUCCESS)
+
+
+def slot_cells(station: Station) -> list[dict]:
+    """One cell per slot number 1..N for the slot map (two queries)."""
+    slots = {slot.slot_number: slot for slot in station.slots.all()}
+    banks = {
+        bank.current_slot_id: bank
+        for bank in PowerBank.objects.filter(current_station=station, current_slot__isnull=False).only(
+            "id", "serial_number", "battery_level", "status", "current_slot_id"
+        )
+    }
+    count = max([station.total_slots, *slots])
+    cells = []
+    for number in range(1, count + 1):
+        slot = slots.get(number)
+        if slot is None:
+            cells.append({"number": number, "state": "unknown", "label": "Not reported"})
+            continue
+        bank = banks.get(slot.pk)
+        state = slot.status.lower()
+        if slot.status in (SlotStatus.OCCUPIED, SlotStatus.AVAILABLE) and bank is not None:
+            state = "charged" if bank.battery_level >= CHARGED_BATTERY_LEVEL else "low"
+        metadata = slot.slot_metadata if isinstance(slot.slot_metadata, dict) else {}
+        cells.append(
+            {
+                "number": number,
+                "state": state,
+                "label": slot.get_status_display(),
+                "bank": bank,
+                "bank_url": (reverse("admin:stations_powerbank_change", args=[bank.pk]) if bank else ""),
+                "battery": bank.battery_level if bank else None,
+                "error_code": metadata.get("error_code") or "",
+                "error_message": metadata.get("error_message") or "",
+            }
+        )
+    return cells
+
+
+# --- Power banks -----------------------------------------------------------------------------
+
+
+class RentableFilter(admin.SimpleListFilter):
+    title = "ready to rent"
+    parameter_name = "rentable"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Yes (AVAILABLE, in a slot)"), ("no", "No")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(rentable_power_banks_q())
+        if self.value() == "no":
+            return queryset.exclude(rentable_power_banks_q())
+        return queryset
+
+
+class BatteryFilter(admin.SimpleListFilter):
+    title = "battery"
+    parameter_name = "battery"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("charged", f"Charged (≥{CHARGED_BATTERY_LEVEL}%)"),
+            ("low", f"Below {CHARGED_BATTERY_LEVEL}%"),
+        ]
+
+    def queryset(self, request, queryset):
+        if self.value() == "charged":
+            return queryset.filter(battery_level__gte=CHARGED_BATTERY_LEVEL)
+        if self.value() == "low":
+            return queryset.filter(battery_level__lt=CHARGED_BATTERY_LEVEL)
+        return queryset
+
+
+class InSlotFilter(admin.SimpleListFilter):
+    title = "location"
+    parameter_name = "location"
+
+    def lookups(self, request, model_admin):
+        return [("slot", "In a slot"), ("out", "Not in a slot")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "slot":
+            return queryset.filter(current_slot__isnull=False)
+        if self.value() == "out":
+            return queryset.filter(current_slot__isnull=True)
+        return queryset
+
+
+POWER_BANK_SYNC_FIELDS = (
+    "serial_number",
+    "status_display",
+    "battery_display",
+    "station_link",
+    "slot_number",
+    "hardware_info_display",
+    "recent_rentals",
+    "created_at",
+    "updated_at",
+)
+
+
+@admin.register(PowerBank)
+class PowerBankAdmin(admin.ModelAdmin):
+    list_display = (
+        "serial_number",
+        "status_display",
+        "battery_display",
+        "current_station",
+        "slot_number",
+        "model",
+        "capacity_mah",
+        "updated_at",
+    )
+    list_select_related = ("current_station", "current_slot")
+    list_filter = ("status", RentableFilter, InSlotFilter, BatteryFilter)
+    search_fields = (
+        "serial_number",
+        "current_station__serial_number",
+        "current_station__station_name",
+    )
+    readonly_fields = POWER_BANK_SYNC_FIELDS
+    actions = ("rent_out",)
+    list_per_page = 100
+
+    class Media:
+        css = ADMIN_MEDIA_CSS
+
+    def get_fieldsets(self, request, obj=None):
+        operator = (
+            "Operator-owned",
+            {"fields": ("model", "capacity_mah"), "description": "A sync never overwrites these."},
+        )
+        if obj is None:
+            return [("Power bank", {"fields": ("serial_number",)}), operator]
+        return [("Reported by the cabinets (read-only)", {"fields": POWER_BANK_SYNC_FIELDS}), operator]
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else POWER_BANK_SYNC_FIELDS
+
+    @admin.display(description="Status", ordering="status")
+    def status_display(self, bank):
+        return choice_badge(bank.status, PowerBankStatus, POWER_BANK_STATUS_TONE)
+
+    @admin.display(description="Battery", ordering="battery_level")
+    def battery_display(self, bank):
+        return battery_meter(bank.battery_level)
+
+    @admin.display(description="Slot", ordering="current_slot__slot_number")
+    def slot_number(self, bank):
+        return bank.current_slot.slot_number if bank.current_slot_id else "-"
+
+    @admin.display(description="Station")
+    def station_link(self, bank):
+        return admin_link(bank.current_station)
+
+    @admin.display(description="Hardware info")
+    def hardware_info_display(self, bank):
+        return pre(pretty_json(bank.hardware_info)) if bank.hardware_info else "-"
+
+    @admin.display(description="Recent rentals")
+    def recent_rentals(self, bank):
+        rentals = list(bank.rentals.select_related("user").order_by("-started_at")[:10])
+        if not rentals:
+            return "-"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    admin_link(rental, rental.rental_code),
+                    rental.user,
+                    rental.get_status_display(),
+                    rental.started_at.strftime("%Y-%m-%d %H:%M"),
+                    rental.ended_at.strftime("%Y-%m-%d %H:%M") if rental.ended_at else "-",
+                )
+                for rental in rentals
+            ),
+        )
+        return format_html(
+            '<table class="cg-table"><thead><tr><th>Code</th><th>Customer</th><th>Status</th>'
+            "<th>Started</th><th>Ended</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    @admin.action(description="Rent out to a customer…", permissions=["view"])
+    def rent_out(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True)[:2])
+        if len(ids) != 1:
+            self.message_user(request, "Select exactly one power bank to rent out.", messages.WARNING)
+            return None
+        url = reverse("admin:rentals_rental_add") + "?" + urlencode({"power_bank": ids[0]})
+        return HttpResponseRedirect(url)
+
+
+# --- Status history --------------------------------------------------------------------------
+
+
+@admin.register(StationStatusHistory)
+class StationStatusHistoryAdmin(admin.ModelAdmin):
+    list_display = ("changed_at", "station", "transition", "time_in_previous", "trigger")
+    list_select_related = ("station",)
+    list_filter = ("trigger", "status", "previous_status")
+    search_fields = ("station__serial_number", "station__station_name")
+    date_hierarchy = "changed_at"
+    list_per_page = 100
+    show_full_result_count = False
+
+    class Media:
+        css = ADMIN_MEDIA_CSS
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        # History is evidence; only a superuser may remove it (deleting a station does).
+        return request.user.is_active and request.user.is_superuser
+
+    @admin.display(description="Change")
+    def transition(self, row):
+        return format_html(
+            "{} → {}",
+            row.get_previous_status_display() or "-",
+            choice_badge(row.status, StationStatus, STATION_STATUS_TONE),
+        )
+
+    @admin.display(description="Time in previous status", ordering="seconds_in_previous_status")
+    def time_in_previous(self, row):
+        return duration(row.seconds_in_previous_status)
+
+
+# --- The IoT event log -----------------------------------------------------------------------
+
+
+class MessageTypeFilter(admin.SimpleListFilter):
+    # Fixed choices: the default filter would SELECT DISTINCT over the whole event log.
+    title = "message type"
+    parameter_name = "message_type"
+
+    def lookups(self, request, model_admin):
+        return [("full", "full"), ("returned", "returned"), ("status", "status")]
+
+    def queryset(self, request, queryset):
+        if self.value() is None:
+            return queryset
+        return queryset.filter(message_type=self.value())
+
+
+class FailedFilter(admin.SimpleListFilter):
+    title = "failure"
+    parameter_name = "failed"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Failed (FAILED or HTTP 5xx)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(failed_events_q())
+        return queryset
+
+
+class ReceivedWithinFilter(admin.SimpleListFilter):
+    title = "received"
+    parameter_name = "within"
+    WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+
+    def lookups(self, request, model_admin):
+        return [("1h", "Last hour"), ("24h", "Last 24 hours"), ("7d", "Last 7 days")]
+
+    def queryset(self, request, queryset):
+        window = self.WINDOWS.get(self.value())
+        if window is None:
+            return queryset
+        return queryset.filter(received_at__gte=timezone.now() - window)
+
+
+EVENT_FIELDS = (
+    "received_at",
+    "outcome_display",
+    "message_type",
+    "station_link",
+    "source_ip_display",
+    "body_sha256",
+    "duplicate_of_link",
+    "http_status_display",
+    "duration_display",
+    "attempts",
+    "processed_at",
+    "payload_display",
+    "raw_body_display",
+    "response_display",
+    "error_display",
+)
+
+
+@admin.register(IoTEvent)
+class IoTEventAdmin(admin.ModelAdmin):
+    """Read-only: the log is evidence. Only superusers may delete rows."""
+
+    list_display = (
+        "id",
+        "received_at",
+        "outcome_display",
+        "message_type",
+        "station_serial",
+        "http_status_display",
+        "duration_display",
+        "duplicate_of_display",
+    )
+    list_display_links = ("id", "received_at")
+    list_filter = ("outcome", MessageTypeFilter, FailedFilter, ReceivedWithinFilter)
+    search_fields = ("=station_serial", "^body_sha256")
+    date_hierarchy = "received_at"
+    fields = EVENT_FIELDS
+    readonly_fields = EVENT_FIELDS
+    actions = ("reprocess_selected",)
+    list_per_page = 100
+    # Counting the whole log on every page view is the slowest part on a big table.
+    show_full_result_count = False
+
+    class Media:
+        css = ADMIN_MEDIA_CSS
+
+    def get_queryset(self, request):
+        # The list never shows the bodies: do not fetch them.
+        queryset = super().get_queryset(request)
+        url_name = request.resolver_match.url_name if request.resolver_match else ""
+        if url_name and url_name.endswith("changelist"):
+            queryset = queryset.defer("payload", "raw_body", "response", "error")
+        return queryset
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_reprocess_permission(self, request):
+        # The log itself is read-only; re-processing is what "change" permits here.
+        return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+
+    def get_fields(self, request, obj=None):
+        if obj is not None and not obj.raw_body:
+            return tuple(name for name in self.fields if name != "raw_body_display")
+        return self.fields
+
+    @admin.display(description="Outcome", ordering="outcome")
+    def outcome_display(self, event):
+        return choice_badge(event.outcome, IoTEventOutcome, OUTCOME_TONE)
+
+    @admin.display(description="HTTP", ordering="http_status")
+    def http_status_display(self, event):
+        return event.http_status if event.http_status is not None else "-"
+
+    @admin.display(description="Duration (ms)", ordering="duration_ms")
+    def duration_display(self, event):
+        return f"{event.duration_ms:.1f}" if event.duration_ms is not None else "-"
+
+    @admin.display(description="Source IP")
+    def source_ip_display(self, event):
+        return event.source_ip or "-"
+
+    @admin.display(description="Duplicate of", ordering="duplicate_of")
+    def duplicate_of_display(self, event):
+        if not event.duplicate_of_id:
+            return "-"
+        url = reverse("admin:stations_iotevent_change", args=[event.duplicate_of_id])
+        return format_html('<a href="{}">#{}</a>', url, event.duplicate_of_id)
+
+    @admin.display(description="Duplicate of")
+    def duplicate_of_link(self, event):
+        return self.duplicate_of_display(event)
+
+    @admin.display(description="Station")
+    def station_link(self, event):
+        if not event.station_serial:
+            return "-"
+        station = Station.objects.filter(serial_number=event.station_serial).first()
+        if station is None:
+            return event.station_serial
+        return admin_link(station)
+
+    @admin.display(description="Payload")
+    def payload_display(self, event):
+        return pre(pretty_json(event.payload)) if event.payload is not None else "-"
+
+    @admin.display(description="Raw body (not JSON)")
+    def raw_body_display(self, event):
+        return pre(event.raw_body)
+
+    @admin.display(description="Response")
+    def response_display(self, event):
+        try:
+            data = event.response_data
+        except ValueError:
+            return pre(event.response)
+        return pre(pretty_json(data)) if data is not None else "-"
+
+    @admin.display(description="Error")
+    def error_display(self, event):
+        return pre(event.error)
+
+    @admin.action(description="Re-process selected", permissions=["reprocess"])
+    def reprocess_selected(self, request, queryset):
+        # In order of receipt, as the command does; with the bodies the list left out.
+        selected = list(
+            IoTEvent.objects.filter(pk__in=queryset.values("pk"))
+            .select_related("duplicate_of")
+            .order_by("received_at", "id")[: MAX_REPROCESS_PER_ACTION + 1]
+        )
+        if len(selected) > MAX_REPROCESS_PER_ACTION:
+            self.message_user(
+                request,
+                f"Select at most {MAX_REPROCESS_PER_ACTION} events; for more use "
+                "`manage.py reprocess_iot_events --failed`.",
+                messages.WARNING,
+            )
+            return
+        for event in selected:
+            report = event_service.reprocess(event)
+            ok = report.outcome in (IoTEventOutcome.PROCESSED, IoTEventOutcome.STALE)
+            target = f"event {event.pk}" + (
+                f" (body of event {report.event_id})" if report.event_id != event.pk else ""
+            )
+            self.message_user(
+                request,
+                f"{target}: {report.outcome} (HTTP {report.http_status}) {report.message}",
+                messages.SUCCESS if ok else messages.WARNING,
+            )
