@@ -1,0 +1,223 @@
+"""
+Play a fleet of simulated cabinets against a running server, with the real sender's
+formats, signatures and retry rules.
+
+    manage.py simulate_stations --url http://127.0.0.1:8000 --stations 20 --slots 8 \
+        --interval 5 --duration 60 --seed 1 --email ... --password ... --secret ...
+
+The fleet model is api/stations/simulator.py; the sender is api/stations/iot_client.py.
+"""
+
+import ipaddress
+import logging
+import time
+import urllib.parse
+from itertools import cycle
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+
+from api.rentals.models import RentalPackage
+from api.rentals.services.rental_service import RentalService
+from api.stations.iot_client import add_sender_arguments, sender_from_options
+from api.stations.models import PowerBank
+from api.stations.simulator import DEFAULT_PREFIX, MAX_SLOTS, MIN_SLOTS, Fleet, FleetConfig, FleetRunner, Take
+from main_app.exceptions import ApiError
+
+logger = logging.getLogger(__name__)
+
+
+def is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class RentalStarter:
+    """
+    Starts a rental for each bank a simulated customer takes, through the project's own
+    `RentalService.start_rental`, so the later `returned` message closes it on the server.
+
+    This writes to the database this command is configured with: it only makes sense
+    when that is the server's database (same DATABASE_URL). Customers are the active
+    non-staff users, taken in turn; the package is the first active one.
+    """
+
+    def __init__(self, package: RentalPackage, customers: list):
+        self.package = package
+        self._customers = cycle(customers)
+
+    @classmethod
+    def from_database(cls) -> "RentalStarter | str":
+        """A starter, or the reason there cannot be one."""
+        package = RentalPackage.objects.filter(is_active=True).first()
+        customers = list(
+            get_user_model().objects.filter(is_staff=False, is_active=True).order_by("pk")[:20]
+        )
+        if package is None:
+            return "no active rental package"
+        if not customers:
+            return "no active non-staff user"
+        return cls(package, customers)
+
+    def __call__(self, take: Take) -> str:
+        try:
+            bank = PowerBank.objects.filter(serial_number=take.bank_serial).first()
+            if bank is None:
+                # The full sync that registers the bank failed, or the server uses another database.
+                return "skipped: bank not in this database"
+            try:
+                RentalService.start_rental(user=next(self._customers), power_bank=bank, package=self.package)
+            except ApiError as exc:
+                logger.info("No rental for %s: %s", take.bank_serial, exc.message)
+                return f"skipped: {exc.code}"
+            return "started"
+        finally:
+            # Runs on a pool thread: give its connection back rather than leave it open.
+            connection.close()
+
+
+class Command(BaseCommand):
+    help = (
+        "Simulate a fleet of cabinets sending full syncs, returns and status changes to a "
+        "running server, signed and retried exactly as the Java IoT sender does. Prints a "
+        "summary every few seconds and a table of the server's answers at the end (Ctrl-C "
+        "stops cleanly)."
+    )
+
+    def add_arguments(self, parser):
+        add_sender_arguments(parser)
+        fleet = parser.add_argument_group("fleet")
+        fleet.add_argument("--stations", type=int, default=5, help="number of cabinets (default 5)")
+        fleet.add_argument(
+            "--slots", type=int, default=8, help=f"slots per cabinet, {MIN_SLOTS}-{MAX_SLOTS} (default 8)"
+        )
+        fleet.add_argument(
+            "--interval", type=float, default=10.0,
+            help="seconds between a station's full syncs, jittered +/-20%% (default 10)",
+        )
+        fleet.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+        fleet.add_argument("--seed", type=int, default=None, help="random seed: same seed, same fleet and decisions")
+        fleet.add_argument(
+            "--prefix", default=DEFAULT_PREFIX,
+            help=f"first digits of the station IMEIs (default {DEFAULT_PREFIX}); the rest is the station number and a Luhn digit",
+        )
+        behaviour = parser.add_argument_group("behaviour (probabilities are 0-1)")
+        behaviour.add_argument(
+            "--take-probability", type=float, default=0.3,
+            help="per station and full-sync cycle: a customer takes a charged bank (default 0.3)",
+        )
+        behaviour.add_argument(
+            "--return-after", type=float, default=None, metavar="SECONDS",
+            help="a taken bank comes back 1-1.5 times this later (default 3 intervals)",
+        )
+        behaviour.add_argument("--flap-probability", type=float, default=0.05, help="per station and cycle: OFFLINE then ONLINE (default 0.05)")
+        behaviour.add_argument("--error-probability", type=float, default=0.05, help="per station and cycle: a slot goes into ERROR (default 0.05)")
+        behaviour.add_argument("--resend-probability", type=float, default=0.03, help="per message: the identical body is sent again (default 0.03)")
+        behaviour.add_argument("--stale-probability", type=float, default=0.03, help="per full sync: held back and sent after a newer one (default 0.03)")
+        behaviour.add_argument(
+            "--with-rentals", action="store_true",
+            help="start a rental (RentalService.start_rental) for every bank taken; needs this command to use the server's database",
+        )
+        run = parser.add_argument_group("run")
+        run.add_argument("--workers", type=int, default=None, help="sending threads (default min(stations, 16))")
+        run.add_argument("--summary-every", type=float, default=5.0, help="seconds between live summary lines (default 5)")
+        run.add_argument("--timeout", type=float, default=15.0, help="read timeout per request in seconds (default 15, as the sender)")
+        run.add_argument(
+            "--allow-remote", action="store_true",
+            help="allow a URL that is not this machine (the simulator creates stations wherever it points)",
+        )
+
+    def handle(self, *args, **options):
+        url = options["url"]
+        if not is_loopback(url) and not options["allow_remote"]:
+            raise CommandError(
+                f"{url} is not this machine; the simulator registers fake stations there. "
+                "Pass --allow-remote if that is really intended."
+            )
+        config = FleetConfig(
+            stations=options["stations"],
+            slots=options["slots"],
+            interval=options["interval"],
+            seed=options["seed"],
+            prefix=options["prefix"],
+            take_probability=options["take_probability"],
+            return_after=options["return_after"],
+            flap_probability=options["flap_probability"],
+            error_probability=options["error_probability"],
+            resend_probability=options["resend_probability"],
+            stale_probability=options["stale_probability"],
+        )
+        try:
+            config.validate()
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if options["duration"] is not None and options["duration"] <= 0:
+            raise CommandError("--duration must be positive")
+        try:
+            sender = sender_from_options(options, timeout=options["timeout"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+
+        on_take = None
+        if options["with_rentals"]:
+            starter = RentalStarter.from_database()
+            if isinstance(starter, str):
+                self.stderr.write(self.style.WARNING(f"--with-rentals: {starter}; taking banks without rentals."))
+            else:
+                on_take = starter
+                self.stdout.write(
+                    f"Rentals: package {starter.package.name!r} for active non-staff users, in this "
+                    f"database ({connection.settings_dict['NAME']})."
+                )
+        workers = options["workers"] or min(config.stations, 16)
+
+        fleet = Fleet(config, start=time.time(), wait_for_takes=True)
+        self.stdout.write(
+            f"Simulating {config.stations} station(s) x {config.slots} slots against {sender.base_url} "
+            f"as {sender.email}: full sync every ~{config.interval:g} s, {workers} sending thread(s), "
+            f"seed {config.seed if config.seed is not None else 'random'}"
+            + (f", for {options['duration']:g} s" if options["duration"] else ", until Ctrl-C")
+            + "."
+        )
+        self.stdout.write(
+            "Stations: " + ", ".join(station.serial for station in fleet.stations[:5])
+            + (f" ... ({len(fleet.stations)})" if len(fleet.stations) > 5 else "")
+        )
+        # Each rental start logs at INFO; the live summary says the same, one line per few seconds.
+        rental_logger = logging.getLogger("api.rentals")
+        quiet = on_take is not None and options["verbosity"] < 2 and not rental_logger.isEnabledFor(logging.DEBUG)
+        previous_level = rental_logger.level
+        if quiet:
+            rental_logger.setLevel(logging.WARNING)
+        runner = FleetRunner(
+            fleet,
+            sender,
+            workers=workers,
+            write=self.stdout.write,
+            on_take=on_take,
+            summary_every=options["summary_every"],
+        )
+        try:
+            stats = runner.run(duration=options["duration"])
+        finally:
+            if quiet:
+                rental_logger.setLevel(previous_level)
+
+        self.stdout.write("")
+        self.stdout.write(
+            f"{'Interrupted' if runner.interrupted else 'Finished'} after {runner.elapsed:.1f} s. "
+            f"Fleet: {fleet.counts['takes']} bank(s) taken, {fleet.counts['returns']} returned, "
+            f"{fleet.counts['flaps']} OFFLINE/ONLINE flap(s), {fleet.counts['slot errors']} slot error(s), "
+            f"{fleet.counts['resends']} resend(s), {fleet.counts['held back']} full sync(s) held back."
+        )
+        self.stdout.write(stats.table())
+        if stats.not_ok:
+            self.stdout.write(self.style.WARNING(f"{stats.not_ok} message(s) did not end with HTTP 200."))
+        else:
+            self.stdout.write(self.style.SUCCESS(f"All {stats.total_sent} message(s) answered HTTP 200."))
