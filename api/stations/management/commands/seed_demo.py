@@ -1,3 +1,4 @@
+import os
 import secrets
 from decimal import Decimal
 
@@ -25,7 +26,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--email", default="admin@chargeghar.local")
-        parser.add_argument("--password", default=None, help="default: a new random one")
+        parser.add_argument(
+            "--password",
+            default=os.environ.get("SEED_DEMO_PASSWORD") or None,
+            help="default: $SEED_DEMO_PASSWORD, else a new random one",
+        )
         parser.add_argument("--no-demo-data", action="store_true", help="only the staff login")
 
     @transaction.atomic
