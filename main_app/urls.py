@@ -4,6 +4,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from main_app import health
 
+admin.site.site_header = "ChargeGhar operations"
+admin.site.site_title = "ChargeGhar operations"
+admin.site.index_title = "Station network"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("api.users.urls")),
