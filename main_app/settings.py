@@ -152,6 +152,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["OPTIONS"].setdefault(
         "connect_timeout", _read("DATABASE_CONNECT_TIMEOUT", "int", 3)
     )
+    # Prepared statements: psycopg prepares a statement on the server after it ran this many
+    # times on a connection, so PostgreSQL stops parsing and planning the hot path's queries
+    # again for every message (a third of its CPU per full sync when measured; see
+    # docs/performance.md). 0 turns them off, as PgBouncer in transaction mode before 1.21 needs.
+    prepare_threshold = _read("DATABASE_PREPARE_THRESHOLD", "int", 2)
+    if prepare_threshold > 0:
+        DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", True)
+        DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", prepare_threshold)
     DATABASES["default"]["TEST"] = {"NAME": _read("DATABASE_TEST_NAME", "str", None)}
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})
