@@ -7,6 +7,7 @@ as `{"success": false, "message": ..., "error": CODE}` (plus `errors` for valida
 never with exception text or a stack trace.
 """
 
+import json
 import logging
 
 from django.conf import settings
@@ -200,3 +201,13 @@ def handler500(request):
     if request.path.startswith("/api/"):
         return json_error(ApiError())
     return defaults.server_error(request)
+
+
+def wsgi_error(exc: ApiError, start_response):
+    """The envelope as a bare WSGI response, for failures before Django has a request."""
+    body = json.dumps(exc.payload(), ensure_ascii=False).encode("utf-8")
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    headers += list(exc.headers.items())
+    reason = {400: "Bad Request"}.get(exc.status_code, "Error")
+    start_response(f"{exc.status_code} {reason}", headers)
+    return [body]

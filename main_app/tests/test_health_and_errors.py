@@ -257,3 +257,42 @@ class ApiExceptionHandlerTests(EnvelopeAssertions, SimpleTestCase):
         response = self.handle(drf_exceptions.Throttled(wait=30))
 
         self.assertEqual(response["Retry-After"], "30")
+
+
+class UnparseableContentTypeTests(SimpleTestCase):
+    """Django cannot build a request for some Content-Type headers; the WSGI guard answers."""
+
+    def test_a_content_type_django_cannot_parse_gets_the_envelope_not_a_bare_500(self):
+        from io import BytesIO
+
+        from main_app.wsgi import application
+
+        captured = {}
+
+        def start_response(status, headers):
+            captured["status"], captured["headers"] = status, dict(headers)
+
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/api/internal/stations/data",
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "HTTP_HOST": "testserver",
+            "CONTENT_TYPE": "application/json; charset*=bogus''x",
+            "CONTENT_LENGTH": "2",
+            "wsgi.input": BytesIO(b"{}"),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": BytesIO(),
+        }
+        body = b"".join(application(environ, start_response))
+
+        self.assertEqual(captured["status"], "400 Bad Request")
+        self.assertEqual(captured["headers"]["Content-Type"], "application/json")
+        self.assertEqual(
+            json.loads(body),
+            {
+                "success": False,
+                "message": "The Content-Type header cannot be parsed.",
+                "error": "INVALID_CONTENT_TYPE",
+            },
+        )

@@ -157,13 +157,17 @@ def receive(*, body: bytes, source_ip: str | None) -> Delivery:
     try:
         _save_without_breaking_transaction(event)
     except IntegrityError:
-        # Seen before: this delivery is a duplicate row pointing at the first one.
-        event.pk = None
-        event.duplicate_of_id = (
+        # Seen before: this delivery is a duplicate row pointing at the first one. Any
+        # other integrity failure is not a duplicate and must not be dressed up as one.
+        primary_id = (
             IoTEvent.objects.filter(body_sha256=event.body_sha256, duplicate_of__isnull=True)
             .values_list("pk", flat=True)
-            .get()
+            .first()
         )
+        if primary_id is None:
+            raise
+        event.pk = None
+        event.duplicate_of_id = primary_id
         event.save(force_insert=True)
     return Delivery(event=event, data=data, decode_error=decode_error)
 

@@ -36,9 +36,18 @@ ShortText = Annotated[str, StringConstraints(max_length=64)]
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+    """The time in UTC (a naive one is taken as UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value
+    try:
+        # PostgreSQL refuses offsets past ±15:59, which ISO 8601 allows (up to ±23:59).
+        return value.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+00:01 is before year 1 in UTC: SQLite cannot store it and
+        # PostgreSQL stores 1 BC, then fails to read the row back.
+        raise ValueError("Time is outside the range of UTC dates (years 1-9999).") from None
 
 
 class _Message(BaseModel):
@@ -59,7 +68,12 @@ class _Part(BaseModel):
 class FullDevice(_Part):
     serial_number: Serial
     imei: Serial | None = None
-    signal_strength: Annotated[str, StringConstraints(max_length=16)] | StrictInt | None = None
+    # Stored as text in a 16-character column: an integer has to fit it as well.
+    signal_strength: (
+        Annotated[str, StringConstraints(max_length=16)]
+        | Annotated[StrictInt, Field(ge=-(10**15) + 1, le=10**16 - 1)]
+        | None
+    ) = None
     wifi_ssid: ShortText | None = None
     last_heartbeat: datetime | None = None
     status: StationStatus | None = None
