@@ -145,7 +145,10 @@ if DATABASES["default"].get("ENGINE") not in (
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = _read("DATABASE_CONN_MAX_AGE", "int", 60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Off by default: the check is an extra round trip (SELECT 1) at the start of every
+    # request. Without it, the first request on a connection the server dropped fails with
+    # 503 and the sender's retry gets a fresh connection.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = _read("DATABASE_CONN_HEALTH_CHECKS", "bool", False)
     DATABASES["default"].setdefault("OPTIONS", {})
     # Fail fast when the server is unreachable, so the sender gets a 503 quickly
     # instead of hanging into its 15 s read timeout.

@@ -29,6 +29,10 @@ def lock_station(*, serial_number: str, imei: str | None = None) -> tuple[Statio
     ignores a conflict on the serial, and everyone then waits for the same row.
     Returns `(station, created)`.
     """
+    # The common case first: the station is known by its serial.
+    station = Station.objects.select_for_update().filter(serial_number=serial_number).first()
+    if station is not None:
+        return station, False
     keys = {serial_number} | ({imei} if imei else set())
     query = (
         Station.objects.select_for_update()

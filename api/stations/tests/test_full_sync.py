@@ -280,8 +280,9 @@ class FullSyncQueryCountTests(TestCase):
         for slots in (4, 24, 48):
             banks = {n: (f"9{slots}{n:05d}", 80) for n in range(1, slots + 1) if n % 2}
             message = parse_message(full_payload(f"NEW{slots}", banks=banks, total_slots=slots))
-            # SELECT, INSERT, SELECT station; rentals; banks; slots; banks; station; history
-            with self.assertNumQueries(9):
+            # SELECT by serial, by serial or IMEI, INSERT, SELECT station; rentals; banks;
+            # slots; banks; station; history
+            with self.assertNumQueries(10):
                 sync(message)
 
 
