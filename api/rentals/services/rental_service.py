@@ -72,11 +72,18 @@ class RentalService:
         packages and banks. The caller is in a transaction and holds its station's lock;
         rentals are locked before banks and slots (see api/stations/services/full_sync.py).
         """
-        return (
+        # Usually none is open: lock and find them with a light query, and load the rows
+        # (with package and bank) only when there are some.
+        locked = list(
             Rental.objects.select_for_update(of=("self",))
-            .select_related("package", "power_bank")
             .filter(power_bank__serial_number__in=list(serials), status__in=OPEN_RENTAL_STATUSES)
             .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        if not locked:
+            return []
+        return list(
+            Rental.objects.select_related("package", "power_bank").filter(pk__in=locked).order_by("pk")
         )
 
     @staticmethod

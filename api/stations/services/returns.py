@@ -68,7 +68,7 @@ def apply_return(message: ReturnMessage, *, now: datetime | None = None) -> Retu
     station, _ = lock_station(serial_number=message.device.serial_number)
 
     # Station, rental, banks, slots: the lock order of every writer (see full_sync.py).
-    rental = RentalService.open_rentals_for(serials=[event.power_bank_serial]).first()
+    rental = next(iter(RentalService.open_rentals_for(serials=[event.power_bank_serial])), None)
     charges = None
     bank = _lock_or_register_bank(event.power_bank_serial)
 
