@@ -540,13 +540,13 @@ ANALYZE;
 
 
 def scale(args) -> None:
-    """p50 of one full sync, one at a time, on an empty database and on a big one."""
+    """p50 of one full sync at a time: an empty database against 10,000 stations / 200,000 banks."""
     import psycopg
 
     print(f"machine: {machine()}")
     print(f"command: {shlex.join(sys.argv)}")
-    results = {}
-    for label, database in (("empty", "bench_scale_empty"), ("big", "bench_scale_big")):
+    targets = []
+    for offset, (label, database) in enumerate((("empty", "bench_scale_empty"), ("big", "bench_scale_big"))):
         authorization = prepare_ours(args.pg, database)
         if label == "big":
             started = time.time()
@@ -554,21 +554,33 @@ def scale(args) -> None:
                 for statement in BIG_FLEET_SQL.strip().split(";\n"):
                     if statement.strip():
                         connection.execute(statement.replace("%(stations)s", str(args.big_stations)))
+                stations = connection.execute("SELECT count(*) FROM stations_station").fetchone()[0]
                 banks = connection.execute("SELECT count(*) FROM stations_powerbank").fetchone()[0]
-            print(f"  big database: {args.big_stations} stations, {banks} power banks loaded in {time.time() - started:.1f} s")
-        target = Target(label, args.port + 3, authorization)
-        start(target, gunicorn_command(OUR_PYTHON, target.port, args.workers, args.threads), env=our_env(args.pg, database), cwd=ROOT)
-        try:
+            print(f"  big database: {stations} stations, {banks} power banks (loaded in {time.time() - started:.1f} s)")
+        target = Target(label, args.port + 3 + offset, authorization)
+        targets.append((target, database))
+    results = {"empty": [], "big": []}
+    try:
+        for target, database in targets:
+            start(target, gunicorn_command(OUR_PYTHON, target.port, args.workers, args.threads),
+                  env=our_env(args.pg, database), cwd=ROOT)
             warm_up(target, args.stations, args.slots, args.occupancy)
-            body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(7))
-            result = drive(target, body, clients=1, seconds=args.round_seconds)
-        finally:
+        for round_number in range(1, args.rounds + 1):
+            order = targets if round_number % 2 else targets[::-1]
+            print(f"round {round_number} (one client, {args.round_seconds:.0f} s each, {order[0][0].name} first)")
+            for target, _ in order:
+                body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(round_number))
+                result = drive(target, body, clients=1, seconds=args.round_seconds)
+                results[target.name].append(result)
+                print_round(result)
+    finally:
+        for target, _ in targets:
             stop(target)
-        results[label] = result
-        print_round(result)
-    ratio = results["big"].pct(0.5) / results["empty"].pct(0.5)
-    print(f"\n  p50 big / p50 empty = {ratio:.2f} ({(ratio - 1) * 100:+.0f}%)")
-
+    empty = RoundResult("empty", 0, [x for r in results["empty"] for x in r.latencies])
+    big = RoundResult("big", 0, [x for r in results["big"] for x in r.latencies])
+    ratio = big.pct(0.5) / empty.pct(0.5)
+    print(f"\n  p50 empty {empty.pct(0.5):.2f} ms, p50 big {big.pct(0.5):.2f} ms: big / empty = {ratio:.2f} "
+          f"({(ratio - 1) * 100:+.0f}%)")
 
 # ---------------------------------------------------------------------------- soak
 
