@@ -638,9 +638,11 @@ class Fleet:
             return index, number, bank
 
     def put_back(self, index: int, number: int, bank: str) -> None:
+        """The rental was refused: the bank stays where it was, unless it moved meanwhile."""
         with self.lock:
-            self.rented.discard(bank)
-            self.layout[index].setdefault(number, bank)
+            if bank in self.rented and number not in self.layout[index]:
+                self.rented.discard(bank)
+                self.layout[index][number] = bank
 
     def give_back(self, timestamp: int) -> bytes | None:
         """A rented bank is pushed into a free slot of a random cabinet: a `returned` message."""
