@@ -417,8 +417,11 @@ def machine() -> str:
 
 
 def warm_up(target: Target, stations: int, slots: int, occupancy: float) -> None:
-    """One full sync per station, so the timed rounds update existing stations."""
-    drive_fixed(target, full_sync_bodies(stations, slots, occupancy, random.Random(1)), count=stations, clients=8)
+    """
+    Three full syncs per station, untimed: the timed rounds then update existing stations,
+    and every worker has its database connection and its warm caches, on both sides.
+    """
+    drive_fixed(target, full_sync_bodies(stations, slots, occupancy, random.Random(1)), count=3 * stations, clients=8)
 
 
 def drive_fixed(target: Target, make_body, *, count: int, clients: int) -> None:
