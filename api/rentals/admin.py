@@ -24,6 +24,7 @@ from api.rentals.services.rental_service import RentalService
 from api.stations.admin import ADMIN_MEDIA_CSS, admin_link, badge, choice_badge
 from api.stations.models import PowerBank
 from api.stations.services.dashboard import overdue_rentals_q, rentable_power_banks_q
+from main_app.admin_filters import ConditionFilter
 from main_app.exceptions import Conflict
 
 RENTAL_STATUS_TONE = {
@@ -41,19 +42,16 @@ PAYMENT_STATUS_TONE = {
 }
 
 
-class OverdueFilter(admin.SimpleListFilter):
+class OverdueFilter(ConditionFilter):
     title = "overdue"
     parameter_name = "overdue"
 
-    def lookups(self, request, model_admin):
-        return [("yes", "Overdue (OVERDUE, or ACTIVE past due)"), ("no", "Not overdue")]
-
-    def queryset(self, request, queryset):
-        if self.value() == "yes":
-            return queryset.filter(overdue_rentals_q(timezone.now()))
-        if self.value() == "no":
-            return queryset.exclude(overdue_rentals_q(timezone.now()))
-        return queryset
+    def conditions(self):
+        overdue = overdue_rentals_q(timezone.now())
+        return {
+            "yes": ("Overdue (OVERDUE, or ACTIVE past due)", overdue),
+            "no": ("Not overdue", ~overdue),
+        }
 
 
 def bank_label(bank: PowerBank) -> str:

@@ -41,6 +41,7 @@ from api.stations.services.dashboard import (
     rentable_power_banks_q,
 )
 from api.stations.services.stations import set_status_by_operator
+from main_app.admin_filters import ConditionFilter
 
 # A bank at or above this battery level counts as charged (ready to hand out).
 CHARGED_BATTERY_LEVEL = 80
@@ -147,42 +148,29 @@ def battery_meter(level: int | None):
 # --- Stations --------------------------------------------------------------------------------
 
 
-class HeartbeatFreshnessFilter(admin.SimpleListFilter):
+class HeartbeatFreshnessFilter(ConditionFilter):
     title = "heartbeat"
     parameter_name = "heartbeat"
 
-    def lookups(self, request, model_admin):
+    def conditions(self):
         minutes = settings.IOT_OFFLINE_AFTER_MINUTES
-        return [
-            ("fresh", f"Fresh (last {minutes} min)"),
-            ("stale", f"Stale (older than {minutes} min)"),
-            ("never", "Never heard from"),
-        ]
-
-    def queryset(self, request, queryset):
         cutoff = heartbeat_cutoff(timezone.now())
-        if self.value() == "fresh":
-            return queryset.filter(last_heartbeat__gte=cutoff)
-        if self.value() == "stale":
-            return queryset.filter(last_heartbeat__lt=cutoff)
-        if self.value() == "never":
-            return queryset.filter(last_heartbeat__isnull=True)
-        return queryset
+        return {
+            "fresh": (f"Fresh (last {minutes} min)", Q(last_heartbeat__gte=cutoff)),
+            "stale": (f"Stale (older than {minutes} min)", Q(last_heartbeat__lt=cutoff)),
+            "never": ("Never heard from", Q(last_heartbeat__isnull=True)),
+        }
 
 
-class PlacementFilter(admin.SimpleListFilter):
+class PlacementFilter(ConditionFilter):
     title = "placement"
     parameter_name = "placement"
 
-    def lookups(self, request, model_admin):
-        return [("pending", "Pending (placeholder location)"), ("placed", "Placed")]
-
-    def queryset(self, request, queryset):
-        if self.value() == "pending":
-            return queryset.filter(placement_pending_q())
-        if self.value() == "placed":
-            return queryset.exclude(placement_pending_q())
-        return queryset
+    def conditions(self):
+        return {
+            "pending": ("Pending (placeholder location)", placement_pending_q()),
+            "placed": ("Placed", ~placement_pending_q()),
+        }
 
 
 serial_validator = RegexValidator(
@@ -478,52 +466,37 @@ def slot_cells(station: Station) -> list[dict]:
 # --- Power banks -----------------------------------------------------------------------------
 
 
-class RentableFilter(admin.SimpleListFilter):
+class RentableFilter(ConditionFilter):
     title = "ready to rent"
     parameter_name = "rentable"
 
-    def lookups(self, request, model_admin):
-        return [("yes", "Yes (AVAILABLE, in a slot)"), ("no", "No")]
-
-    def queryset(self, request, queryset):
-        if self.value() == "yes":
-            return queryset.filter(rentable_power_banks_q())
-        if self.value() == "no":
-            return queryset.exclude(rentable_power_banks_q())
-        return queryset
+    def conditions(self):
+        return {
+            "yes": ("Yes (AVAILABLE, in a slot)", rentable_power_banks_q()),
+            "no": ("No", ~rentable_power_banks_q()),
+        }
 
 
-class BatteryFilter(admin.SimpleListFilter):
+class BatteryFilter(ConditionFilter):
     title = "battery"
     parameter_name = "battery"
 
-    def lookups(self, request, model_admin):
-        return [
-            ("charged", f"Charged (≥{CHARGED_BATTERY_LEVEL}%)"),
-            ("low", f"Below {CHARGED_BATTERY_LEVEL}%"),
-        ]
-
-    def queryset(self, request, queryset):
-        if self.value() == "charged":
-            return queryset.filter(battery_level__gte=CHARGED_BATTERY_LEVEL)
-        if self.value() == "low":
-            return queryset.filter(battery_level__lt=CHARGED_BATTERY_LEVEL)
-        return queryset
+    def conditions(self):
+        return {
+            "charged": (f"Charged (≥{CHARGED_BATTERY_LEVEL}%)", Q(battery_level__gte=CHARGED_BATTERY_LEVEL)),
+            "low": (f"Below {CHARGED_BATTERY_LEVEL}%", Q(battery_level__lt=CHARGED_BATTERY_LEVEL)),
+        }
 
 
-class InSlotFilter(admin.SimpleListFilter):
+class InSlotFilter(ConditionFilter):
     title = "location"
     parameter_name = "location"
 
-    def lookups(self, request, model_admin):
-        return [("slot", "In a slot"), ("out", "Not in a slot")]
-
-    def queryset(self, request, queryset):
-        if self.value() == "slot":
-            return queryset.filter(current_slot__isnull=False)
-        if self.value() == "out":
-            return queryset.filter(current_slot__isnull=True)
-        return queryset
+    def conditions(self):
+        return {
+            "slot": ("In a slot", Q(current_slot__isnull=False)),
+            "out": ("Not in a slot", Q(current_slot__isnull=True)),
+        }
 
 
 POWER_BANK_SYNC_FIELDS = (
@@ -674,46 +647,34 @@ class StationStatusHistoryAdmin(admin.ModelAdmin):
 # --- The IoT event log -----------------------------------------------------------------------
 
 
-class MessageTypeFilter(admin.SimpleListFilter):
+class MessageTypeFilter(ConditionFilter):
     # Fixed choices: the default filter would SELECT DISTINCT over the whole event log.
     title = "message type"
     parameter_name = "message_type"
 
-    def lookups(self, request, model_admin):
-        return [("full", "full"), ("returned", "returned"), ("status", "status")]
-
-    def queryset(self, request, queryset):
-        if self.value() is None:
-            return queryset
-        return queryset.filter(message_type=self.value())
+    def conditions(self):
+        return {kind: (kind, Q(message_type=kind)) for kind in ("full", "returned", "status")}
 
 
-class FailedFilter(admin.SimpleListFilter):
+class FailedFilter(ConditionFilter):
     title = "failure"
     parameter_name = "failed"
 
-    def lookups(self, request, model_admin):
-        return [("yes", "Failed (FAILED or HTTP 5xx)")]
-
-    def queryset(self, request, queryset):
-        if self.value() == "yes":
-            return queryset.filter(failed_events_q())
-        return queryset
+    def conditions(self):
+        return {"yes": ("Failed (FAILED or HTTP 5xx)", failed_events_q())}
 
 
-class ReceivedWithinFilter(admin.SimpleListFilter):
+class ReceivedWithinFilter(ConditionFilter):
     title = "received"
     parameter_name = "within"
-    WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 
-    def lookups(self, request, model_admin):
-        return [("1h", "Last hour"), ("24h", "Last 24 hours"), ("7d", "Last 7 days")]
-
-    def queryset(self, request, queryset):
-        window = self.WINDOWS.get(self.value())
-        if window is None:
-            return queryset
-        return queryset.filter(received_at__gte=timezone.now() - window)
+    def conditions(self):
+        now = timezone.now()
+        return {
+            "1h": ("Last hour", Q(received_at__gte=now - timedelta(hours=1))),
+            "24h": ("Last 24 hours", Q(received_at__gte=now - timedelta(hours=24))),
+            "7d": ("Last 7 days", Q(received_at__gte=now - timedelta(days=7))),
+        }
 
 
 EVENT_FIELDS = (
