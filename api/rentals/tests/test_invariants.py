@@ -11,12 +11,11 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
-from django.test import TestCase
 from django.utils import timezone
 
 from api.rentals.models import Rental, RentalPackage, RentalStatus
 from api.stations.models import PowerBank
+from api.stations.tests.fleet import DatabaseInvariantTestCase
 
 User = get_user_model()
 
@@ -26,16 +25,6 @@ _codes = (f"R{n:07d}" for n in itertools.count(1))
 def make_package(**fields):
     defaults = {"name": "1 hour", "duration_minutes": 60, "price": Decimal("50.00")}
     return RentalPackage.objects.create(**{**defaults, **fields})
-
-
-class DatabaseInvariantTestCase(TestCase):
-    def assertRefusedByDatabase(self, model, write):
-        """`write()` raises IntegrityError and `model`'s table keeps its row count."""
-        count = model.objects.count()
-        with self.assertRaises(IntegrityError):
-            with transaction.atomic():
-                write()
-        self.assertEqual(model.objects.count(), count)
 
 
 class RentalInvariantTests(DatabaseInvariantTestCase):

@@ -1,6 +1,8 @@
 """Fleet-wide invariants the database must satisfy after any sequence of messages."""
 
+from django.db import IntegrityError, transaction
 from django.db.models import Count, F
+from django.test import TestCase
 
 from api.rentals.models import OPEN_RENTAL_STATUSES, Rental
 from api.stations.models import PowerBank, SlotStatus, StationSlot
@@ -43,3 +45,13 @@ def invariant_violations() -> list[str]:
 class FleetInvariantsMixin:
     def assertFleetInvariants(self):
         self.assertEqual(invariant_violations(), [])
+
+
+class DatabaseInvariantTestCase(TestCase):
+    def assertRefusedByDatabase(self, model, write):
+        """`write()` raises IntegrityError and `model`'s table keeps its row count."""
+        count = model.objects.count()
+        with self.assertRaises(IntegrityError):
+            with transaction.atomic():
+                write()
+        self.assertEqual(model.objects.count(), count)

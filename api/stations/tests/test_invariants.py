@@ -6,8 +6,6 @@ validation, so only a constraint can refuse the bad row. Each test also proves t
 is left exactly as it was.
 """
 
-from django.db import IntegrityError, transaction
-from django.test import TestCase
 from django.utils import timezone
 
 from api.stations.models import (
@@ -20,6 +18,7 @@ from api.stations.models import (
     StationSlot,
     StationStatus,
 )
+from api.stations.tests.fleet import DatabaseInvariantTestCase
 
 STATION_SERIAL = "864601069946994"
 OTHER_STATION_SERIAL = "864601069946995"
@@ -35,16 +34,6 @@ def make_slot(station, number=1, **fields):
 
 def make_bank(serial="40818048", **fields):
     return PowerBank.objects.create(serial_number=serial, **fields)
-
-
-class DatabaseInvariantTestCase(TestCase):
-    def assertRefusedByDatabase(self, model, write):
-        """`write()` raises IntegrityError and `model`'s table keeps its row count."""
-        count = model.objects.count()
-        with self.assertRaises(IntegrityError):
-            with transaction.atomic():
-                write()
-        self.assertEqual(model.objects.count(), count)
 
 
 class StationInvariantTests(DatabaseInvariantTestCase):
