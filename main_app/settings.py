@@ -321,7 +321,12 @@ LOGGING = {
     "loggers": {
         "api": {"handlers": _log_handlers, "level": LOG_LEVEL, "propagate": False},
         "main_app": {"handlers": _log_handlers, "level": LOG_LEVEL, "propagate": False},
-        "django.request": {"handlers": _log_handlers, "level": "ERROR", "propagate": False},
+        # Tests provoke 5xx answers on purpose; their log lines would only bury real output.
+        "django.request": {
+            "handlers": _log_handlers,
+            "level": "CRITICAL" if RUNNING_TESTS else "ERROR",
+            "propagate": False,
+        },
     },
 }
 if not LOG_TO_FILE:

@@ -183,24 +183,12 @@ OPERATOR_FIELDS = ("station_name", "address", "latitude", "longitude")
 
 
 class StationForm(forms.ModelForm):
-    """Validates what the database would otherwise refuse with an IntegrityError."""
+    """Validates what the database would otherwise refuse (coordinates: the model's validators)."""
 
     class Meta:
         model = Station
         # The admin narrows this to the operator's fields on the change page.
         fields = ("serial_number", "imei", *OPERATOR_FIELDS)
-
-    def clean_latitude(self):
-        value = self.cleaned_data["latitude"]
-        if value is not None and not -90 <= value <= 90:
-            raise forms.ValidationError("Latitude must be between -90 and 90.")
-        return value
-
-    def clean_longitude(self):
-        value = self.cleaned_data["longitude"]
-        if value is not None and not -180 <= value <= 180:
-            raise forms.ValidationError("Longitude must be between -180 and 180.")
-        return value
 
     def clean_serial_number(self):
         value = self.cleaned_data["serial_number"]

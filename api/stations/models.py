@@ -9,6 +9,7 @@ Field names follow the original design (`serial_number`, `station_name`, `curren
 import json
 import uuid
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -58,8 +59,18 @@ class Station(models.Model):
     # Operator-owned: a sync never overwrites these.
     station_name = models.CharField(max_length=128)
     address = models.CharField(max_length=255, blank=True, default=PENDING_ADDRESS)
-    latitude = models.DecimalField(max_digits=9, decimal_places=6, default=0)
-    longitude = models.DecimalField(max_digits=9, decimal_places=6, default=0)
+    latitude = models.DecimalField(
+        max_digits=9,
+        decimal_places=6,
+        default=0,
+        validators=[MinValueValidator(-90), MaxValueValidator(90)],
+    )
+    longitude = models.DecimalField(
+        max_digits=9,
+        decimal_places=6,
+        default=0,
+        validators=[MinValueValidator(-180), MaxValueValidator(180)],
+    )
 
     # Sync-managed.
     total_slots = models.PositiveSmallIntegerField(default=0)

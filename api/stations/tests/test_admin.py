@@ -271,7 +271,7 @@ class StationChangePageTests(AdminTestCase):
         )
 
         self.assertEqual(response.status_code, 200)
-        self.assertContains(response, "Latitude must be between -90 and 90.")
+        self.assertContains(response, "Ensure this value is less than or equal to 90.")
 
     def test_a_later_sync_keeps_what_the_operator_set(self):
         self.client.post(
