@@ -102,6 +102,23 @@ def full_payload(
     }
 
 
+SLOT_ERROR_MESSAGE = "孔位异常：0X04"
+
+
+def with_faulty_first_slot(payload: dict) -> dict:
+    """Slot 1 in ERROR with the sender's Chinese error text; its bank in MAINTENANCE."""
+    payload["slots"][0]["status"] = "ERROR"
+    payload["slots"][0]["slot_metadata"] = {
+        "micro_switch": "0",
+        "solenoid_valve": "1",
+        "lock_count": 0,
+        "error_code": "0x04",
+        "error_message": SLOT_ERROR_MESSAGE,
+    }
+    payload["power_banks"][0]["status"] = "MAINTENANCE"
+    return payload
+
+
 def return_payload(
     bank_serial_: str,
     slot_number: int,

@@ -26,15 +26,15 @@ from api.stations.models import (
 )
 from api.stations.services.dashboard import fleet_summary
 from api.stations.services.station_sync_service import StationSyncService
+from api.stations.tests.factories import SLOT_ERROR_MESSAGE as CHINESE_ERROR
 from api.stations.tests.factories import (
     bank_serial,
     compact,
     full_payload,
     make_staff,
     status_payload,
+    with_faulty_first_slot,
 )
-
-CHINESE_ERROR = "孔位异常：0X04"
 
 
 def station_serial(n: int) -> str:
@@ -202,16 +202,7 @@ class StationChangePageTests(AdminTestCase):
             banks={1: (self.error_bank, 40), 2: (self.charged_bank, 100), 3: (self.low_bank, 15)},
             total_slots=5,
         )
-        payload["slots"][0]["status"] = "ERROR"
-        payload["slots"][0]["slot_metadata"] = {
-            "micro_switch": "0",
-            "solenoid_valve": "1",
-            "lock_count": 0,
-            "error_code": "0x04",
-            "error_message": CHINESE_ERROR,
-        }
-        payload["power_banks"][0]["status"] = "MAINTENANCE"
-        StationSyncService().sync_station_data(payload)
+        StationSyncService().sync_station_data(with_faulty_first_slot(payload))
         self.station = Station.objects.get()
         self.url = reverse("admin:stations_station_change", args=[self.station.pk])
 

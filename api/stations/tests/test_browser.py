@@ -20,7 +20,7 @@ from api.stations.models import (
 )
 from api.stations.services.station_sync_service import StationSyncService
 from api.stations.tests.browser import BrowserTestCase, expect
-from api.stations.tests.factories import bank_serial, full_payload, make_staff
+from api.stations.tests.factories import bank_serial, full_payload, make_staff, with_faulty_first_slot
 from api.stations.tests.test_admin import (
     CHINESE_ERROR,
     failed_status_event,
@@ -114,16 +114,7 @@ class AdminInTheBrowserTests(BrowserTestCase):
         payload = full_payload(
             station_serial(1), banks={1: (faulty, 40), 2: (charged, 100), 3: (low, 15)}, total_slots=5
         )
-        payload["slots"][0]["status"] = "ERROR"
-        payload["slots"][0]["slot_metadata"] = {
-            "micro_switch": "0",
-            "solenoid_valve": "1",
-            "lock_count": 0,
-            "error_code": "0x04",
-            "error_message": CHINESE_ERROR,
-        }
-        payload["power_banks"][0]["status"] = "MAINTENANCE"
-        StationSyncService().sync_station_data(payload)
+        StationSyncService().sync_station_data(with_faulty_first_slot(payload))
         station = Station.objects.get()
         self.log_in_as_operator()
         page = self.page

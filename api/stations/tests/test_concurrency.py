@@ -61,6 +61,16 @@ class ConcurrencyTests(FleetInvariantsMixin, TransactionTestCase):
         close_old_connections()
         self.staff = make_staff()
 
+    def rent_the_bank(self, *, started_at: int) -> Rental:
+        package = RentalPackage.objects.create(name="h", duration_minutes=60, price=Decimal("50"))
+        customer = make_staff("customer@chargeghar.test", is_staff=False)
+        return RentalService.start_rental(
+            user=customer,
+            power_bank=PowerBank.objects.get(),
+            package=package,
+            started_at=datetime.fromtimestamp(started_at, tz=UTC),
+        )
+
     def post_all(self, payloads):
         def poster(payload):
             return lambda: SenderClient(self.staff).post(payload)
@@ -91,14 +101,7 @@ class ConcurrencyTests(FleetInvariantsMixin, TransactionTestCase):
         started = now_ts() - 3600
         service.sync_station_data(full_payload("STATION-A", banks={1: ("40818048", 90)}, timestamp=started - 60))
         service.sync_station_data(full_payload("STATION-B", timestamp=started - 60))
-        package = RentalPackage.objects.create(name="h", duration_minutes=60, price=Decimal("50"))
-        customer = make_staff("customer@chargeghar.test", is_staff=False)
-        rental = RentalService.start_rental(
-            user=customer,
-            power_bank=PowerBank.objects.get(),
-            package=package,
-            started_at=datetime.fromtimestamp(started, tz=UTC),
-        )
+        rental = self.rent_the_bank(started_at=started)
         completions = []
 
         def count(sender, rental, **kwargs):
@@ -128,14 +131,7 @@ class ConcurrencyTests(FleetInvariantsMixin, TransactionTestCase):
         service = StationSyncService()
         started = now_ts() - 1800
         service.sync_station_data(full_payload(banks={1: ("40818048", 90)}, timestamp=started - 60))
-        package = RentalPackage.objects.create(name="h", duration_minutes=60, price=Decimal("50"))
-        customer = make_staff("customer@chargeghar.test", is_staff=False)
-        rental = RentalService.start_rental(
-            user=customer,
-            power_bank=PowerBank.objects.get(),
-            package=package,
-            started_at=datetime.fromtimestamp(started, tz=UTC),
-        )
+        rental = self.rent_the_bank(started_at=started)
         body = compact(return_payload("40818048", 2, timestamp=now_ts()))
 
         responses = self.post_all([body] * 10)
