@@ -1,5 +1,5 @@
 """
-Faults, for real: the service under gunicorn on a PostgreSQL server of its own, which the
+Faults and load, for real: the service under gunicorn on a PostgreSQL server of its own, which the
 tests stop, and a gunicorn worker the tests kill with SIGKILL in the middle of a full sync.
 
 They need PostgreSQL's server binaries (Debian's postgresql package) and a `postgres` system
@@ -279,4 +279,68 @@ class FaultTests(SimpleTestCase):
                        "JOIN stations_station st ON st.id = s.station_id WHERE st.serial_number = %s "
                        "ORDER BY s.slot_number", here),
             [("61000001", 1), ("61000002", 2)],
+        )
+
+    def test_fifty_concurrent_senders_get_no_server_error_and_leave_the_fleet_consistent(self):
+        import random
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        from api.stations.tests.factories import return_payload, status_payload
+
+        stations = [f"8646010699600{n:02d}" for n in range(10)]
+        deadline = time.time() + 15
+        statuses: dict[int, int] = {}
+        sent: set[str] = set()
+        lock = threading.Lock()
+
+        def sender(number: int):
+            rng = random.Random(number)
+            while time.time() < deadline:
+                serial = rng.choice(stations)
+                roll = rng.random()
+                if roll < 0.15:
+                    body = compact(return_payload(f"7{stations.index(serial):02d}0000{rng.randint(1, 8)}", rng.randint(1, 8), serial))
+                elif roll < 0.2:
+                    body = compact(status_payload(rng.choice(["ONLINE", "OFFLINE"]), serial))
+                else:
+                    banks = {n: (f"7{stations.index(serial):02d}0000{n}", rng.randint(5, 100))
+                             for n in rng.sample(range(1, 9), 5)}
+                    body = compact(full_payload(serial, banks=banks, total_slots=8))
+                try:
+                    status = self.post(body)[0]
+                except OSError:
+                    status = 0
+                with lock:
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if status == 200:
+                        sent.add(hashlib.sha256(body).hexdigest())
+
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            list(pool.map(sender, range(50)))
+
+        self.assertEqual(set(statuses), {200}, statuses)
+        self.assertGreater(statuses[200], 100)
+        self.assertEqual(
+            self.query("SELECT current_slot_id FROM stations_powerbank WHERE current_slot_id IS NOT NULL "
+                       "GROUP BY current_slot_id HAVING count(*) > 1"),
+            [], "a slot holds two banks",
+        )
+        self.assertEqual(
+            self.query("SELECT s.id FROM stations_stationslot s WHERE s.status = 'OCCUPIED' AND NOT EXISTS "
+                       "(SELECT 1 FROM stations_powerbank b WHERE b.current_slot_id = s.id)"),
+            [], "an OCCUPIED slot has no bank",
+        )
+        self.assertEqual(
+            self.query("SELECT b.id FROM stations_powerbank b JOIN stations_stationslot s ON s.id = b.current_slot_id "
+                       "WHERE s.station_id <> b.current_station_id"),
+            [], "a bank's slot is at another station",
+        )
+        logged = {digest for (digest,) in self.query(
+            "SELECT body_sha256 FROM stations_iotevent WHERE duplicate_of_id IS NULL")}
+        self.assertEqual(sent - logged, set(), "every body answered 200 is in the event log")
+        self.assertEqual(
+            self.query("SELECT body_sha256 FROM stations_iotevent WHERE duplicate_of_id IS NULL "
+                       "GROUP BY body_sha256 HAVING count(*) > 1"),
+            [], "a body is in the event log more than once as a first delivery",
         )
