@@ -63,8 +63,6 @@ def _send_completed(rental: Rental, *, offline_return: bool) -> None:
 class RentalService:
     """Rental lifecycle: start, complete on return, mark overdue."""
 
-    OPEN_STATUSES = OPEN_RENTAL_STATUSES
-
     @staticmethod
     def open_rentals_for(*, serials: Iterable[str]):
         """

@@ -41,7 +41,7 @@ from api.stations.models import (
     StatusTrigger,
 )
 from api.stations.services.schemas import FullSyncMessage
-from api.stations.services.stations import is_stale, lock_station, status_change
+from api.stations.services.stations import advance_heartbeat, is_stale, lock_station, status_change
 from api.stations.services.upserts import BankRow, SlotRow, upsert_banks, upsert_slots
 
 logger = logging.getLogger(__name__)
@@ -147,10 +147,8 @@ def _station_fields(station: Station, message: FullSyncMessage, *, now: datetime
         station.signal_strength = str(device.signal_strength)
     if device.wifi_ssid is not None:
         station.wifi_ssid = device.wifi_ssid
-    # The device's own heartbeat time, never in the future and never going backwards.
-    heartbeat = min(device.last_heartbeat or message.sent_at, now)
-    if station.last_heartbeat is None or heartbeat > station.last_heartbeat:
-        station.last_heartbeat = heartbeat
+    # The device's own heartbeat time.
+    advance_heartbeat(station, device.last_heartbeat or message.sent_at, now=now)
     station.device_state_at = message.sent_at
 
 

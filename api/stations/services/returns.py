@@ -17,7 +17,7 @@ from api.rentals.services.charges import Charges
 from api.rentals.services.rental_service import RentalService
 from api.stations.models import PowerBank, PowerBankStatus, SlotStatus, Station, StationSlot
 from api.stations.services.schemas import ReturnMessage
-from api.stations.services.stations import lock_station
+from api.stations.services.stations import advance_heartbeat, lock_station
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ class ReturnResult:
 
 
 def _lock_or_register_bank(serial_number: str) -> PowerBank:
+    """The bank, row-locked; registered first if it was never seen (as `lock_station` does)."""
+    bank = PowerBank.objects.select_for_update().filter(serial_number=serial_number).first()
+    if bank is not None:
+        return bank
     PowerBank.objects.bulk_create(
         [PowerBank(serial_number=serial_number, status=PowerBankStatus.AVAILABLE)],
         ignore_conflicts=True,
@@ -140,10 +144,8 @@ def apply_return(message: ReturnMessage, *, now: datetime | None = None) -> Retu
     )
 
     # A return is a sign of life, but not device state: status and ordering stay as they are.
-    heartbeat = min(message.device.last_heartbeat or message.sent_at, now)
-    if station.last_heartbeat is None or heartbeat > station.last_heartbeat:
-        Station.objects.filter(pk=station.pk).update(last_heartbeat=heartbeat, updated_at=now)
-        station.last_heartbeat = heartbeat
+    if advance_heartbeat(station, message.device.last_heartbeat or message.sent_at, now=now):
+        Station.objects.filter(pk=station.pk).update(last_heartbeat=station.last_heartbeat, updated_at=now)
 
     return ReturnResult(
         station=station,

@@ -58,6 +58,18 @@ def lock_station(*, serial_number: str, imei: str | None = None) -> tuple[Statio
     return station, station.pk == candidate.pk
 
 
+def advance_heartbeat(station: Station, heard_at: datetime, *, now: datetime) -> bool:
+    """
+    Move `station.last_heartbeat` (in memory) to `heard_at`, never past `now` and never
+    backwards. Returns whether it moved; the caller saves it.
+    """
+    heard_at = min(heard_at, now)
+    if station.last_heartbeat is not None and heard_at <= station.last_heartbeat:
+        return False
+    station.last_heartbeat = heard_at
+    return True
+
+
 def is_stale(station: Station, sent_at: datetime) -> bool:
     """A full or status message older than the newest state applied changes nothing."""
     return station.device_state_at is not None and sent_at < station.device_state_at

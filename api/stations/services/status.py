@@ -11,7 +11,7 @@ from django.utils import timezone
 from api.rentals.services.rental_service import RentalService
 from api.stations.models import Station, StationStatus, StatusTrigger
 from api.stations.services.schemas import StatusMessage
-from api.stations.services.stations import is_stale, lock_station, status_change
+from api.stations.services.stations import advance_heartbeat, is_stale, lock_station, status_change
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +46,8 @@ def apply_status(message: StatusMessage, *, now: datetime | None = None) -> Stat
     )
     station.device_state_at = message.sent_at
     fields = {"device_state_at": station.device_state_at, "updated_at": now}
-    if message.device.status == StationStatus.ONLINE and (
-        station.last_heartbeat is None or at > station.last_heartbeat
-    ):
-        station.last_heartbeat = at
-        fields["last_heartbeat"] = at
+    if message.device.status == StationStatus.ONLINE and advance_heartbeat(station, at, now=now):
+        fields["last_heartbeat"] = station.last_heartbeat
     if history is not None:
         fields.update(status=station.status, status_changed_at=station.status_changed_at)
         history.save()
