@@ -424,6 +424,19 @@ def warm_up(target: Target, stations: int, slots: int, occupancy: float) -> None
     drive_fixed(target, full_sync_bodies(stations, slots, occupancy, random.Random(1)), count=3 * stations, clients=8)
 
 
+def analyze(pg: str, database: str) -> None:
+    """
+    Refresh the planner's statistics once the warm-up has filled the tables. A production
+    database has them (autovacuum keeps them current); this one was filled seconds ago, and
+    a plan chosen for a nearly empty table would be measured instead of steady state.
+    Done for both sides alike.
+    """
+    import psycopg
+
+    with psycopg.connect(f"{pg}/{database}", autocommit=True) as connection:
+        connection.execute("ANALYZE")
+
+
 def drive_fixed(target: Target, make_body, *, count: int, clients: int) -> None:
     counter = iter(range(count))
     lock = threading.Lock()
@@ -478,8 +491,9 @@ def compare(args) -> None:
     try:
         start(seed, gunicorn_command(seed_python, seed.port, args.workers, args.threads), env=seed_env(args.pg, "bench_seed"), cwd=SEED_DIR)
         start(ours, gunicorn_command(OUR_PYTHON, ours.port, args.workers, args.threads), env=our_env(args.pg, "bench_ours"), cwd=ROOT)
-        for target in (seed, ours):
+        for target, database in ((seed, "bench_seed"), (ours, "bench_ours")):
             warm_up(target, args.stations, args.slots, args.occupancy)
+            analyze(args.pg, database)
         results = {"seed": [], "ours": []}
         for round_number in range(1, args.rounds + 1):
             order = (seed, ours) if round_number % 2 else (ours, seed)
@@ -568,6 +582,7 @@ def scale(args) -> None:
             start(target, gunicorn_command(OUR_PYTHON, target.port, args.workers, args.threads),
                   env=our_env(args.pg, database), cwd=ROOT)
             warm_up(target, args.stations, args.slots, args.occupancy)
+            analyze(args.pg, database)
         for round_number in range(1, args.rounds + 1):
             order = targets if round_number % 2 else targets[::-1]
             print(f"round {round_number} (one client, {args.round_seconds:.0f} s each, {order[0][0].name} first)")

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""
+Where one full sync spends its CPU: this project's WSGI application called in-process
+(no HTTP server, no load generator) with the benchmark's signed full syncs, on PostgreSQL.
+
+    .venv/bin/python bench/profile.py                     # CPU per request: worker and PostgreSQL
+    .venv/bin/python bench/profile.py --pyinstrument      # plus a call tree of the worker's time
+    .venv/bin/python bench/profile.py --queries           # plus the SQL of one request
+
+The PostgreSQL backend's CPU is read from /proc (the server runs on this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import (  # noqa: E402
+    OUR_PYTHON,
+    OUR_TOKEN_SCRIPT,
+    PG_DEFAULT,
+    ROOT,
+    full_sync_bodies,
+    our_env,
+    recreate_database,
+    run,
+    sign,
+)
+
+
+def backend_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pg", default=PG_DEFAULT)
+    parser.add_argument("--database", default="chargeghar_profile")
+    parser.add_argument("--stations", type=int, default=200)
+    parser.add_argument("--slots", type=int, default=24)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--pyinstrument", action="store_true")
+    parser.add_argument("--queries", action="store_true")
+    args = parser.parse_args()
+
+    recreate_database(args.pg, args.database)
+    env = our_env(args.pg, args.database)
+    run([OUR_PYTHON, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT)
+    token = run([OUR_PYTHON, "manage.py", "shell", "-c", OUR_TOKEN_SCRIPT], env=env, cwd=ROOT).strip().splitlines()[-1]
+    os.environ.update(env)
+    # One connection for the whole run, so its backend's CPU can be read.
+    os.environ["DATABASE_CONN_MAX_AGE"] = "86400"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "main_app.settings")
+    sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)
+
+    from django.db import connection
+
+    from main_app.wsgi import application
+
+    make_body = full_sync_bodies(args.stations, args.slots, 0.7, random.Random(1))
+    statuses: dict[str, int] = {}
+
+    def call(n: int) -> None:
+        body = make_body(n)
+        timestamp = int(time.time())
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/api/internal/stations/data",
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "HTTP_AUTHORIZATION": f"Bearer {token}",
+            "HTTP_X_TIMESTAMP": str(timestamp),
+            "HTTP_X_SIGNATURE": sign(body, timestamp),
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.version": (1, 0),
+        }
+
+        def start_response(status, headers, exc_info=None):
+            statuses[status] = statuses.get(status, 0) + 1
+
+        result = application(environ, start_response)
+        b"".join(result)
+        if hasattr(result, "close"):
+            result.close()
+
+    # Warm up: every station exists and has its banks; connection, caches and prepared
+    # statements are warm, as in a long-running worker.
+    for n in range(3 * args.stations):
+        call(n)
+    with connection.cursor() as cursor:
+        # A production database has planner statistics; this one was filled seconds ago.
+        cursor.execute("ANALYZE")
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+
+    if args.queries:
+        from django.test.utils import CaptureQueriesContext
+
+        with CaptureQueriesContext(connection) as captured:
+            call(0)
+        for number, query in enumerate(captured.captured_queries, 1):
+            print(f"{number:2}. {query['sql'][:300]}")
+        print()
+
+    # The body generator (the load generator's work) is timed on its own and subtracted.
+    started = time.process_time()
+    for n in range(args.requests):
+        make_body(n)
+    generator = (time.process_time() - started) / args.requests
+
+    profiler = None
+    if args.pyinstrument:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.001)
+        profiler.start()
+    statuses.clear()
+    cpu, pg, wall = time.process_time(), backend_cpu_seconds(backend), time.perf_counter()
+    for n in range(args.requests):
+        call(n)
+    cpu, pg, wall = time.process_time() - cpu, backend_cpu_seconds(backend) - pg, time.perf_counter() - wall
+    if profiler:
+        profiler.stop()
+    per = 1000 / args.requests
+    print(f"{args.requests} full syncs ({args.stations} stations x {args.slots} slots): statuses {statuses}")
+    print(f"  worker CPU     {cpu * per - generator * 1000:6.2f} ms per request (body generation excluded)")
+    print(f"  PostgreSQL CPU {pg * per:6.2f} ms per request")
+    print(f"  wall           {wall * per:6.2f} ms per request, one at a time")
+    if profiler:
+        print(profiler.output_text(unicode=True, color=False, show_all=False))
+
+
+if __name__ == "__main__":
+    main()
