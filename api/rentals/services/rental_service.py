@@ -20,9 +20,13 @@ from api.rentals.models import (
 from api.rentals.services.charges import Charges, compute_charges
 from api.rentals.signals import rental_completed
 from api.stations.models import PowerBank, PowerBankStatus, SlotStatus, Station, StationSlot
+from main_app import sql
 from main_app.exceptions import Conflict
 
 logger = logging.getLogger(__name__)
+
+_RENTAL_TABLE = sql.quote(Rental._meta.db_table)
+_BANK_TABLE = sql.quote(PowerBank._meta.db_table)
 
 # Unambiguous characters only: no 0/O, 1/I/L.
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
@@ -70,14 +74,20 @@ class RentalService:
         packages and banks. The caller is in a transaction and holds its station's lock;
         rentals are locked before banks and slots (see api/stations/services/full_sync.py).
         """
-        # Usually none is open: lock and find them with a light query, and load the rows
-        # (with package and bank) only when there are some.
-        locked = list(
-            Rental.objects.select_for_update(of=("self",))
-            .filter(power_bank__serial_number__in=list(serials), status__in=OPEN_RENTAL_STATUSES)
-            .order_by("pk")
-            .values_list("pk", flat=True)
-        )
+        # Usually none is open: lock and find them with one fixed statement (a full sync runs
+        # it for every message), and load the rows (with package and bank) only when there
+        # are some.
+        serial_match, params = sql.in_values("bank.serial_number", serials)
+        status_match, status_params = sql.in_values("rental.status", [s.value for s in OPEN_RENTAL_STATUSES])
+        locked = [
+            pk
+            for (pk,) in sql.fetch(
+                f"SELECT rental.id FROM {_RENTAL_TABLE} rental "
+                f"JOIN {_BANK_TABLE} bank ON bank.id = rental.power_bank_id "
+                f"WHERE {serial_match} AND {status_match} ORDER BY rental.id{sql.for_update('rental')}",
+                params + status_params,
+            )
+        ]
         if not locked:
             return []
         return list(
@@ -150,9 +160,7 @@ class RentalService:
         """
         for _attempt in range(3):
             station_id = (
-                PowerBank.objects.filter(pk=power_bank.pk)
-                .values_list("current_station_id", flat=True)
-                .get()
+                PowerBank.objects.filter(pk=power_bank.pk).values_list("current_station_id", flat=True).get()
             )
             if station_id is not None:
                 Station.objects.select_for_update().filter(pk=station_id).first()

@@ -29,6 +29,7 @@ from django.utils import timezone
 from api.stations.models import IoTEvent, IoTEventOutcome
 from api.stations.services.schemas import parse_message
 from api.stations.services.station_sync_service import StationSyncService
+from main_app import sql
 from main_app.exceptions import ApiError, InvalidJson
 
 logger = logging.getLogger(__name__)
@@ -128,14 +129,26 @@ def _describe(data: Any) -> tuple[str, str]:
     )
 
 
-def _save_without_breaking_transaction(event: IoTEvent) -> None:
-    # In autocommit (production) a failed INSERT costs nothing; inside an outer
-    # transaction (tests) it needs a savepoint so the transaction stays usable.
-    if connection.in_atomic_block:
-        with transaction.atomic():
-            event.save(force_insert=True)
-    else:
-        event.save(force_insert=True)
+# The first delivery of a body is inserted unless the body's digest already has one; the
+# conflict target is the partial unique index `iot_event_body_unique`.
+_INSERT_FIELDS = [field for field in IoTEvent._meta.concrete_fields if not field.primary_key]
+_INSERT_FIRST_SQL = (
+    f"INSERT INTO {sql.quote(IoTEvent._meta.db_table)} "
+    f"({', '.join(sql.quote(field.column) for field in _INSERT_FIELDS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_INSERT_FIELDS))}) "
+    "ON CONFLICT (body_sha256) WHERE duplicate_of_id IS NULL DO NOTHING RETURNING id"
+)
+
+
+def _insert_first_delivery(event: IoTEvent) -> bool:
+    """Insert `event` if it is the first delivery of its body; returns whether it was."""
+    rows = sql.fetch(_INSERT_FIRST_SQL, [sql.db_value(f, getattr(event, f.attname)) for f in _INSERT_FIELDS])
+    if not rows:
+        return False
+    event.pk = rows[0][0]
+    event._state.adding = False
+    event._state.db = connection.alias
+    return True
 
 
 def receive(*, body: bytes, source_ip: str | None) -> Delivery:
@@ -154,20 +167,13 @@ def receive(*, body: bytes, source_ip: str | None) -> Delivery:
             body[:RAW_BODY_KEPT].decode("utf-8", "replace").replace("\x00", "\ufffd") if decode_error else ""
         ),
     )
-    try:
-        _save_without_breaking_transaction(event)
-    except IntegrityError:
-        # Seen before: this delivery is a duplicate row pointing at the first one. Any
-        # other integrity failure is not a duplicate and must not be dressed up as one.
-        primary_id = (
+    if not _insert_first_delivery(event):
+        # Seen before: this delivery is a row of its own pointing at the first one.
+        event.duplicate_of_id = (
             IoTEvent.objects.filter(body_sha256=event.body_sha256, duplicate_of__isnull=True)
             .values_list("pk", flat=True)
-            .first()
+            .get()
         )
-        if primary_id is None:
-            raise
-        event.pk = None
-        event.duplicate_of_id = primary_id
         event.save(force_insert=True)
     return Delivery(event=event, data=data, decode_error=decode_error)
 
@@ -214,29 +220,39 @@ def process(delivery: Delivery, *, service: StationSyncService | None = None) ->
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+_EVENT_TABLE = sql.quote(IoTEvent._meta.db_table)
+_LOCK_SQL = f"SELECT outcome, http_status, response FROM {_EVENT_TABLE} WHERE id = %s"
+# `error` keeps the text of an earlier failed attempt, for operators.
+_PROCESSED_SQL = (
+    f"UPDATE {_EVENT_TABLE} SET outcome = %s, http_status = %s, response = %s, processed_at = %s, "
+    "attempts = attempts + 1, duration_ms = %s WHERE id = %s"
+)
+_PROCESSED_AT = IoTEvent._meta.get_field("processed_at")
+
+
 def _apply_once(delivery: Delivery, message, service: StationSyncService) -> tuple[int, dict]:
-    primary = (
-        IoTEvent.objects.select_for_update()
-        .only("pk", "outcome", "http_status", "response")
-        .get(pk=delivery.primary_id)
-    )
-    if primary.outcome in SETTLED:
+    primary_id = delivery.primary_id
+    # The body's primary row, locked: an identical body arriving meanwhile waits here.
+    ((outcome_so_far, http_status, response),) = sql.fetch(_LOCK_SQL + sql.for_update(), [primary_id])
+    if outcome_so_far in SETTLED:
         # Already applied: answer exactly as the first time, change nothing.
-        return primary.http_status or 200, primary.response_data
+        return http_status or 200, json.loads(response) if response else None
 
     outcome = service.process(message)
     body = _envelope(outcome.message, outcome.data)
-    IoTEvent.objects.filter(pk=primary.pk).update(
-        outcome=IoTEventOutcome.PROCESSED if outcome.applied else IoTEventOutcome.STALE,
-        http_status=200,
-        response=_as_text(body),
-        # `error` keeps the text of an earlier failed attempt, for operators.
-        processed_at=timezone.now(),
-        attempts=F("attempts") + 1,
-        duration_ms=_elapsed_ms(delivery),
+    sql.execute(
+        _PROCESSED_SQL,
+        [
+            (IoTEventOutcome.PROCESSED if outcome.applied else IoTEventOutcome.STALE).value,
+            200,
+            _as_text(body),
+            sql.db_value(_PROCESSED_AT, timezone.now()),
+            _elapsed_ms(delivery),
+            primary_id,
+        ],
     )
     # The primary row of this delivery now holds the answer: nothing left to write.
-    delivery.recorded = primary.pk == delivery.event.pk
+    delivery.recorded = primary_id == delivery.event.pk
     return 200, body
 
 

@@ -24,9 +24,10 @@ holds two banks, not even for the duration of one statement.
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.conf import settings
-from django.db.models import Case, Q, Value, When
+from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from api.rentals.models import Rental
@@ -43,6 +44,7 @@ from api.stations.models import (
 from api.stations.services.schemas import FullSyncMessage
 from api.stations.services.stations import advance_heartbeat, is_stale, lock_station, status_change
 from api.stations.services.upserts import BankRow, SlotRow, upsert_banks, upsert_slots
+from main_app import sql
 
 logger = logging.getLogger(__name__)
 
@@ -164,15 +166,38 @@ STATION_SYNC_FIELDS = [
     "status",
     "status_changed_at",
 ]
+_STATION_UPDATE_FIELDS = [Station._meta.get_field(name) for name in [*STATION_SYNC_FIELDS, "updated_at"]]
+_STATION_UPDATE_SQL = (
+    f"UPDATE {sql.quote(Station._meta.db_table)} "
+    f"SET {', '.join(f'{sql.quote(field.column)} = %s' for field in _STATION_UPDATE_FIELDS)} WHERE id = %s"
+)
+
+
+class _KnownBank(NamedTuple):
+    id: int
+    serial_number: str
+    current_slot_id: int | None
+    here: bool  # linked to the station being synced
+
+
+def _lock_banks(station: Station, *, serials: list[str]) -> list[tuple]:
+    """The banks reported in the snapshot or linked to this station, locked in id order."""
+    table = sql.quote(PowerBank._meta.db_table)
+    serial_match, params = sql.in_values("serial_number", serials)
+    station_id = sql.db_value(Station._meta.pk, station.pk)
+    return sql.fetch(
+        f"SELECT id, serial_number, current_slot_id, "
+        f"CASE WHEN current_station_id = %s THEN 1 ELSE 0 END "
+        f"FROM {table} WHERE {serial_match} OR current_station_id = %s ORDER BY id{sql.for_update()}",
+        [station_id, *params, station_id],
+    )
 
 
 def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) -> FullSyncResult:
     """Apply a full sync. The caller provides the transaction."""
     now = now or timezone.now()
     device = message.device
-    station, _ = lock_station(
-        serial_number=device.serial_number, imei=device.imei or device.serial_number
-    )
+    station, _ = lock_station(serial_number=device.serial_number, imei=device.imei or device.serial_number)
     if is_stale(station, message.sent_at):
         logger.info(
             "Stale full sync for %s: sent %s, state already at %s",
@@ -204,11 +229,7 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
 
     # 3. Where every bank of interest is now, locked in a fixed order.
     known = {
-        bank.serial_number: bank
-        for bank in PowerBank.objects.select_for_update()
-        .filter(Q(serial_number__in=list(banks)) | Q(current_station=station))
-        .order_by("pk")
-        .only("id", "serial_number", "current_station_id", "current_slot_id", "status")
+        row.serial_number: row for row in map(_KnownBank._make, _lock_banks(station, serials=list(banks)))
     }
 
     # 4. Slots: one upsert; the returned ids map slot numbers to rows.
@@ -222,21 +243,15 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
     )
 
     # 5. Take every bank that moves or leaves out of its slot first.
-    detached = sorted(
-        serial
-        for serial, bank in known.items()
-        if serial not in banks and bank.current_station_id == station.pk
-    )
-    occupied_after = {
-        slot_id[state.slot_number] for state in banks.values() if state.slot_number is not None
-    }
+    detached = sorted(serial for serial, bank in known.items() if serial not in banks and bank.here)
+    occupied_after = {slot_id[state.slot_number] for state in banks.values() if state.slot_number is not None}
     moving = [
         bank
         for serial, bank in known.items()
         if bank.current_slot_id is not None
         and (serial not in banks or slot_id.get(banks[serial].slot_number) != bank.current_slot_id)
     ]
-    leaving_ids = {bank.pk for bank in moving} | {known[serial].pk for serial in detached}
+    leaving_ids = {bank.id for bank in moving} | {known[serial].id for serial in detached}
     if leaving_ids:
         PowerBank.objects.filter(pk__in=leaving_ids).update(
             current_slot=None,
@@ -290,8 +305,10 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
         trigger=StatusTrigger.FULL_SYNC,
     )
     station.updated_at = now
-    Station.objects.filter(pk=station.pk).update(
-        **{name: getattr(station, name) for name in STATION_SYNC_FIELDS}, updated_at=now
+    sql.execute(
+        _STATION_UPDATE_SQL,
+        [sql.db_value(field, getattr(station, field.attname)) for field in _STATION_UPDATE_FIELDS]
+        + [sql.db_value(Station._meta.pk, station.pk)],
     )
     if history is not None:
         history.save()
@@ -304,4 +321,3 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
         offline_returns=closed,
         detached=detached,
     )
-

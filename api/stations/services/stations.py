@@ -13,6 +13,10 @@ from api.stations.models import (
     StationStatusHistory,
     StatusTrigger,
 )
+from main_app import sql
+
+_STATION = sql.Columns(Station, [field.name for field in Station._meta.concrete_fields])
+_LOCK_BY_SERIAL_SQL = f"SELECT {_STATION.sql} FROM {_STATION.table} WHERE serial_number = %s"
 
 
 def placeholder_name(serial_number: str) -> str:
@@ -29,8 +33,10 @@ def lock_station(*, serial_number: str, imei: str | None = None) -> tuple[Statio
     ignores a conflict on the serial, and everyone then waits for the same row.
     Returns `(station, created)`.
     """
-    # The common case first: the station is known by its serial.
-    station = Station.objects.select_for_update().filter(serial_number=serial_number).first()
+    # The common case first: the station is known by its serial (fixed SQL: the hot path).
+    station = next(
+        iter(_STATION.instances(sql.fetch(_LOCK_BY_SERIAL_SQL + sql.for_update(), [serial_number]))), None
+    )
     if station is not None:
         return station, False
     keys = {serial_number} | ({imei} if imei else set())

@@ -1,0 +1,80 @@
+"""
+Helpers for the few statements of the station data endpoint written as fixed SQL.
+
+The endpoint runs about ten statements per message. Building each one through the ORM
+(queryset, query, compiler, SQL text) costs more CPU than sending and running it, so the
+statements of the hot path are written once, as SQL with placeholders, and use these
+helpers to stay portable between PostgreSQL and SQLite (docs/performance.md has the
+figures). Everything else keeps using the ORM.
+"""
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.db import connection
+from django.db.models import Field, Model
+from django.db.models.sql import Query
+
+
+def quote(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def for_update(of: str = "") -> str:
+    """` FOR UPDATE [OF table]`, or nothing where the database has no row locks (SQLite)."""
+    if not connection.features.has_select_for_update:
+        return ""
+    return f" FOR UPDATE OF {quote(of)}" if of else " FOR UPDATE"
+
+
+def in_values(column: str, values: Iterable[Any]) -> tuple[str, list]:
+    """
+    `column` matches one of `values`. On PostgreSQL one array parameter (`= ANY(%s)`), so the
+    statement text, and its prepared plan, is the same whatever the number of values.
+    """
+    values = list(values)
+    if connection.vendor == "postgresql":
+        return f"{column} = ANY(%s)", [values]
+    return f"{column} IN ({', '.join(['%s'] * len(values))})", values
+
+
+def db_value(field: Field, value: Any) -> Any:
+    """`value` as the database driver takes it for `field` (UUIDs, JSON, datetimes)."""
+    return field.get_db_prep_save(value, connection)
+
+
+def fetch(sql: str, params: Sequence[Any]) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def execute(sql: str, params: Sequence[Any]) -> int:
+    """Run a statement; returns the number of rows it changed."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+class Columns:
+    """
+    Some fields of a model: their column list for a SELECT, and model instances built from
+    the rows it returns, with the same conversions the ORM applies.
+    """
+
+    def __init__(self, model: type[Model], names: Sequence[str]):
+        meta = model._meta
+        self.model = model
+        self.fields = [meta.get_field(name) for name in names]
+        self.attnames = [field.attname for field in self.fields]
+        self.table = quote(meta.db_table)
+        self.sql = ", ".join(f"{self.table}.{quote(field.column)}" for field in self.fields)
+
+    def instances(self, rows: Iterable[tuple]) -> list[Model]:
+        compiler = Query(self.model).get_compiler(connection=connection)
+        converters = compiler.get_converters(
+            [field.get_col(self.model._meta.db_table) for field in self.fields]
+        )
+        if converters:
+            rows = compiler.apply_converters(rows, converters)
+        return [self.model.from_db(connection.alias, self.attnames, tuple(row)) for row in rows]
