@@ -10,8 +10,9 @@ figures). Everything else keeps using the ORM.
 
 from collections.abc import Iterable, Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import Field, Model
 from django.db.models.sql import Query
 
@@ -69,12 +70,18 @@ class Columns:
         self.attnames = [field.attname for field in self.fields]
         self.table = quote(meta.db_table)
         self.sql = ", ".join(f"{self.table}.{quote(field.column)}" for field in self.fields)
+        # The ORM's conversions for these columns, worked out once per connection (thread).
+        self._converters: WeakKeyDictionary = WeakKeyDictionary()
 
     def instances(self, rows: Iterable[tuple]) -> list[Model]:
-        compiler = Query(self.model).get_compiler(connection=connection)
-        converters = compiler.get_converters(
-            [field.get_col(self.model._meta.db_table) for field in self.fields]
-        )
+        wrapper = connections[connection.alias]
+        try:
+            compiler, converters = self._converters[wrapper]
+        except KeyError:
+            compiler = Query(self.model).get_compiler(connection=wrapper)
+            table = self.model._meta.db_table
+            converters = compiler.get_converters([field.get_col(table) for field in self.fields])
+            self._converters[wrapper] = compiler, converters
         if converters:
             rows = compiler.apply_converters(rows, converters)
-        return [self.model.from_db(connection.alias, self.attnames, tuple(row)) for row in rows]
+        return [self.model.from_db(wrapper.alias, self.attnames, tuple(row)) for row in rows]

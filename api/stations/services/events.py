@@ -22,6 +22,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -140,9 +141,21 @@ _INSERT_FIRST_SQL = (
 )
 
 
-def _insert_first_delivery(event: IoTEvent) -> bool:
+_PAYLOAD = IoTEvent._meta.get_field("payload")
+
+
+def _insert_first_delivery(event: IoTEvent, body: bytes) -> bool:
     """Insert `event` if it is the first delivery of its body; returns whether it was."""
-    rows = sql.fetch(_INSERT_FIRST_SQL, [sql.db_value(f, getattr(event, f.attname)) for f in _INSERT_FIELDS])
+    params = [
+        # A decoded body is stored as the text it came in: it is valid JSON that the database
+        # can store as it is (`_decode` refused what it cannot), and encoding the decoded
+        # object again would cost more than anything else here.
+        body.decode("utf-8")
+        if field is _PAYLOAD and event.payload is not None
+        else sql.db_value(field, getattr(event, field.attname))
+        for field in _INSERT_FIELDS
+    ]
+    rows = sql.fetch(_INSERT_FIRST_SQL, params)
     if not rows:
         return False
     event.pk = rows[0][0]
@@ -167,7 +180,7 @@ def receive(*, body: bytes, source_ip: str | None) -> Delivery:
             body[:RAW_BODY_KEPT].decode("utf-8", "replace").replace("\x00", "\ufffd") if decode_error else ""
         ),
     )
-    if not _insert_first_delivery(event):
+    if not _insert_first_delivery(event, body):
         # Seen before: this delivery is a row of its own pointing at the first one.
         event.duplicate_of_id = (
             IoTEvent.objects.filter(body_sha256=event.body_sha256, duplicate_of__isnull=True)
@@ -257,7 +270,12 @@ def _apply_once(delivery: Delivery, message, service: StationSyncService) -> tup
 
 
 def _as_text(body: Any) -> str:
-    return "" if body is None else json.dumps(body, ensure_ascii=False, default=str)
+    if body is None:
+        return ""
+    try:
+        return orjson.dumps(body, default=str).decode("utf-8")
+    except orjson.JSONEncodeError:  # integers beyond 64 bits, quoted back from a body
+        return json.dumps(body, ensure_ascii=False, default=str)
 
 
 def _elapsed_ms(delivery: Delivery) -> float:

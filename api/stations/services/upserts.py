@@ -11,15 +11,16 @@ paths run the whole test suite in CI.
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
+import orjson
 from django.db import connection
 
 from api.stations.models import PowerBank, StationSlot
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SlotRow:
     slot_number: int
     status: str
@@ -27,7 +28,7 @@ class SlotRow:
     slot_metadata: dict
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BankRow:
     serial_number: str
     status: str
@@ -37,7 +38,13 @@ class BankRow:
 
 
 def _json(rows: Iterable) -> str:
-    return json.dumps([row.__dict__ for row in rows], ensure_ascii=False, separators=(",", ":"))
+    rows = list(rows)
+    try:
+        # orjson encodes dataclasses itself, several times faster than json.dumps...
+        return orjson.dumps(rows).decode("utf-8")
+    except orjson.JSONEncodeError:
+        # ...but not integers beyond 64 bits, which JSON (and jsonb) allow in metadata.
+        return json.dumps([asdict(row) for row in rows], ensure_ascii=False)
 
 
 def upsert_slots(station_id, rows: list[SlotRow], *, now: datetime) -> dict[int, int]:

@@ -146,6 +146,28 @@ class AcceptedEventTests(EventLogTestCase):
         self.assertFalse(IoTEvent.objects.filter(duplicate_of__isnull=False).exists())
 
 
+class LargeNumberTests(EventLogTestCase):
+    """JSON has no integer size limit; the fast JSON encoder stops at 64 bits."""
+
+    def test_integers_beyond_64_bits_in_metadata_are_stored_and_answered(self):
+        huge = 2**70
+        payload = full_payload(banks={1: (BANK, 90)}, timestamp=self.now)
+        payload["slots"][0]["slot_metadata"]["lock_count"] = huge
+        payload["power_banks"][0]["hardware_info"]["voltage"] = -huge
+        payload["device"]["hardware_info"]["board_id"] = huge
+        body = compact(payload)
+
+        first = self.sender.post(body)
+        replay = self.sender.post(body)
+
+        self.assertEqual(first.status_code, 200, first.content)
+        self.assertEqual(replay.content, first.content)
+        self.assertEqual(StationSlot.objects.get(slot_number=1).slot_metadata["lock_count"], huge)
+        self.assertEqual(PowerBank.objects.get(serial_number=BANK).hardware_info["voltage"], -huge)
+        self.assertEqual(Station.objects.get().hardware_info["board_id"], huge)
+        self.assertEqual(IoTEvent.objects.order_by("pk").first().payload, json.loads(body))
+
+
 class ReplayTests(EventLogTestCase):
     def test_replayed_full_sync_answers_the_original_bytes_and_is_not_applied_twice(self):
         body = compact(full_payload(banks={1: (BANK, 90)}, timestamp=self.now - 5))

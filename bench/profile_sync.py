@@ -3,9 +3,9 @@
 Where one full sync spends its CPU: this project's WSGI application called in-process
 (no HTTP server, no load generator) with the benchmark's signed full syncs, on PostgreSQL.
 
-    .venv/bin/python bench/profile.py                     # CPU per request: worker and PostgreSQL
-    .venv/bin/python bench/profile.py --pyinstrument      # plus a call tree of the worker's time
-    .venv/bin/python bench/profile.py --queries           # plus the SQL of one request
+    .venv/bin/python bench/profile_sync.py                     # CPU per request: worker and PostgreSQL
+    .venv/bin/python bench/profile_sync.py --pyinstrument      # plus a call tree of the worker's time
+    .venv/bin/python bench/profile_sync.py --queries           # plus the SQL of one request
 
 The PostgreSQL backend's CPU is read from /proc (the server runs on this machine).
 """
@@ -148,7 +148,7 @@ def main() -> None:
     print(f"  PostgreSQL CPU {pg * per:6.2f} ms per request")
     print(f"  wall           {wall * per:6.2f} ms per request, one at a time")
     if profiler:
-        print(profiler.output_text(unicode=True, color=False, show_all=False))
+        print(profiler.output_text(unicode=True, color=False, show_all=bool(os.environ.get("PROFILE_ALL"))))
 
 
 if __name__ == "__main__":
