@@ -218,7 +218,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 # --- REST framework and JWT ------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "api.users.authentication.CachedUserJWTAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -227,6 +227,11 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
+
+# How long a bearer token's user (active? staff?) is reused before it is read again, per
+# process (api/users/authentication.py). 0 reads it on every request; so do the test
+# runners, whose databases reuse ids from test to test (tests of the cache turn it on).
+AUTH_USER_CACHE_SECONDS = _read("AUTH_USER_CACHE_SECONDS", "int", 0 if RUNNING_TESTS else 10)
 
 # Largest JSON body the admin API parses (login, refresh); larger ones get 413.
 API_MAX_BODY_BYTES = _read("API_MAX_BODY_BYTES", "int", 64 * 1024)
