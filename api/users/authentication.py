@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
+from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.settings import api_settings
 
@@ -41,3 +42,9 @@ class CachedUserJWTAuthentication(JWTAuthentication):
 @receiver(post_delete, sender=get_user_model(), dispatch_uid="auth-user-cache-delete")
 def forget_cached_user(sender, instance, **kwargs):
     cache.delete(_cache_key(getattr(instance, api_settings.USER_ID_FIELD)))
+
+
+class CachedUserJWTScheme(SimpleJWTScheme):
+    """The OpenAPI security scheme of the class above: simplejwt's bearer token, unchanged."""
+
+    target_class = CachedUserJWTAuthentication

@@ -7,9 +7,10 @@ the body's digest (the "primary" row) and carries the body's outcome; later deli
 the same bytes (the sender retries the identical body with a new signature) are rows of
 their own, `duplicate_of` the primary.
 
-Processing locks the primary row, so concurrent identical bodies are applied once: the
-second waits, then finds the body PROCESSED and answers the original response. A body whose
-processing failed (5xx), or never finished, is processed again.
+Concurrent identical bodies are applied once: both lock their station, so they run one
+after the other, and only the first may write the body's outcome; the second rolls back
+and answers the original response. A body whose processing failed (5xx), or never
+finished, is processed again.
 """
 
 import hashlib
@@ -218,9 +219,21 @@ def process(delivery: Delivery, *, service: StationSyncService | None = None) ->
     service = service or StationSyncService()
 
     for attempt in range(1, MAX_ATTEMPTS + 1):
+        if delivery.event.duplicate_of_id is not None:
+            # A repeat of a known body: answer a settled one as the first time, change nothing.
+            settled = _settled_answer(delivery.primary_id)
+            if settled is not None:
+                return settled
         try:
             with transaction.atomic():
                 return _apply_once(delivery, message, service)
+        except _SettledMeanwhile:
+            # Another delivery of the same body was applied while this one was being
+            # processed; this one's changes were rolled back. Answer as that one did.
+            delivery.recorded = delivery.primary_id == delivery.event.pk
+            settled = _settled_answer(delivery.primary_id)
+            if settled is not None:
+                return settled
         except (IntegrityError, OperationalError) as exc:
             if attempt == MAX_ATTEMPTS or not _is_retryable(exc):
                 raise
@@ -233,27 +246,41 @@ def process(delivery: Delivery, *, service: StationSyncService | None = None) ->
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+class _SettledMeanwhile(Exception):
+    """Rolls back a delivery whose body another delivery applied first."""
+
+
 _EVENT_TABLE = sql.quote(IoTEvent._meta.db_table)
-_LOCK_SQL = f"SELECT outcome, http_status, response FROM {_EVENT_TABLE} WHERE id = %s"
+_ANSWER_SQL = f"SELECT outcome, http_status, response FROM {_EVENT_TABLE} WHERE id = %s"
+# Guarded: written only if no other delivery of the body settled it first. The row lock
+# this takes is the transaction's last, after the station's (every writer's order).
 # `error` keeps the text of an earlier failed attempt, for operators.
 _PROCESSED_SQL = (
     f"UPDATE {_EVENT_TABLE} SET outcome = %s, http_status = %s, response = %s, processed_at = %s, "
-    "attempts = attempts + 1, duration_ms = %s WHERE id = %s"
+    "attempts = attempts + 1, duration_ms = %s WHERE id = %s AND outcome NOT IN (%s, %s) RETURNING id"
 )
 _PROCESSED_AT = IoTEvent._meta.get_field("processed_at")
 
 
-def _apply_once(delivery: Delivery, message, service: StationSyncService) -> tuple[int, dict]:
-    primary_id = delivery.primary_id
-    # The body's primary row, locked: an identical body arriving meanwhile waits here.
-    ((outcome_so_far, http_status, response),) = sql.fetch(_LOCK_SQL + sql.for_update(), [primary_id])
-    if outcome_so_far in SETTLED:
-        # Already applied: answer exactly as the first time, change nothing.
-        return http_status or 200, json.loads(response) if response else None
+def _settled_answer(primary_id: int) -> tuple[int, dict] | None:
+    ((outcome, http_status, response),) = sql.fetch(_ANSWER_SQL, [primary_id])
+    if outcome not in SETTLED:
+        return None
+    return http_status or 200, json.loads(response) if response else None
 
+
+def _apply_once(delivery: Delivery, message, service: StationSyncService) -> tuple[int, dict]:
+    """
+    Apply the message and record the answer on the body's primary row, in one transaction.
+
+    No lock is taken on the event row up front (that would be a round trip per message):
+    identical bodies in flight at once both lock their station, so they run one after the
+    other, and the guarded outcome write lets only the first one commit. The second rolls
+    back and answers what the first did (`_SettledMeanwhile`).
+    """
     outcome = service.process(message)
     body = _envelope(outcome.message, outcome.data)
-    sql.execute(
+    written = sql.fetch(
         _PROCESSED_SQL,
         [
             (IoTEventOutcome.PROCESSED if outcome.applied else IoTEventOutcome.STALE).value,
@@ -261,11 +288,14 @@ def _apply_once(delivery: Delivery, message, service: StationSyncService) -> tup
             _as_text(body),
             sql.db_value(_PROCESSED_AT, timezone.now()),
             _elapsed_ms(delivery),
-            primary_id,
+            delivery.primary_id,
+            *(settled.value for settled in SETTLED),
         ],
     )
+    if not written:
+        raise _SettledMeanwhile
     # The primary row of this delivery now holds the answer: nothing left to write.
-    delivery.recorded = primary_id == delivery.event.pk
+    delivery.recorded = delivery.primary_id == delivery.event.pk
     return 200, body
 
 

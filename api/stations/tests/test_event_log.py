@@ -30,6 +30,7 @@ from api.stations.models import (
     StationSlot,
     StationStatusHistory,
 )
+from api.stations.services import events
 from api.stations.services.station_sync_service import StationSyncService
 from api.stations.tests.factories import (
     STATION_SERIAL,
@@ -144,6 +145,39 @@ class AcceptedEventTests(EventLogTestCase):
         digests = set(IoTEvent.objects.values_list("body_sha256", flat=True))
         self.assertEqual(digests, {sha256(compact(payload)), sha256(spaced)})
         self.assertFalse(IoTEvent.objects.filter(duplicate_of__isnull=False).exists())
+
+
+class SettledMeanwhileTests(EventLogTestCase):
+    """
+    Two deliveries of one body in flight at once: the one that writes the outcome second
+    finds it settled, rolls its own changes back and answers what the first answered.
+    (The threads version of this race runs on PostgreSQL in test_concurrency.py.)
+    """
+
+    def test_the_later_delivery_rolls_back_and_answers_the_first_answer(self):
+        body = compact(full_payload(banks={1: (BANK, 90)}, timestamp=self.now))
+        delivery = events.receive(body=body, source_ip="127.0.0.1")
+        first_answer = {
+            "success": True,
+            "message": "Station data updated successfully",
+            "data": {"by": "first"},
+        }
+        # What the other delivery committed while this one was being processed: this one
+        # does not look before applying (a first delivery has nothing to look at), so the
+        # state is the same as if the write had landed in the middle.
+        IoTEvent.objects.filter(pk=delivery.event.pk).update(
+            outcome=IoTEventOutcome.PROCESSED, http_status=200, response=json.dumps(first_answer)
+        )
+
+        with spy_on_service() as service:
+            status, answer = events.process(delivery)
+
+        self.assertEqual(service.call_count, 1)
+        self.assertEqual((status, answer), (200, first_answer))
+        self.assertTrue(delivery.recorded)
+        # This delivery's own sync was rolled back with the rest of its transaction.
+        self.assertEqual(self.domain_counts(), dict.fromkeys(self.domain_counts(), 0))
+        self.assertEqual(IoTEvent.objects.get(pk=delivery.event.pk).attempts, 0)
 
 
 class LargeNumberTests(EventLogTestCase):
