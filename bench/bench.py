@@ -35,8 +35,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
 ROOT = Path(__file__).resolve().parent.parent
 SEED_DIR = (ROOT / ".." / "shared" / "reference" / "seed_baseline").resolve()
 SEED_VENV = Path(os.environ.get("SEED_VENV", "/tmp/seedenv"))
@@ -122,6 +120,8 @@ def full_sync_bodies(stations: int, slots: int, occupancy: float, rng: random.Ra
     it takes per request, the less it holds back the faster server (both get the same
     bytes-for-bytes format either way).
     """
+    import orjson  # here: the seed's virtualenv imports this module too, without orjson
+
     messages: dict[int, dict] = {}
     lock = threading.Lock()
 
