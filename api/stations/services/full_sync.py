@@ -12,12 +12,12 @@ each other in a cycle. The queries:
     4. INSERT .. ON CONFLICT DO UPDATE every reported slot, RETURNING ids
     5. UPDATE banks: take every moving bank out of its slot  (only if a bank moves or leaves)
     6. UPDATE slots left empty by those banks to AVAILABLE   (only if there are any)
-    7. INSERT .. ON CONFLICT DO UPDATE every reported bank
-    8. UPDATE the rentals closed as lost returns            (only if there are any)
-    9. UPDATE the station
-   10. INSERT a status-history row                          (only if the status changed)
+    7. UPDATE the rentals closed as lost returns            (only if there are any)
+    8. INSERT .. ON CONFLICT DO UPDATE every reported bank, and UPDATE the station
+       (one statement on PostgreSQL, two elsewhere)
+    9. INSERT a status-history row                          (only if the status changed)
 
-Step 5 before step 7 is what lets two banks swap slots in one snapshot: a slot never
+Step 5 before step 8 is what lets two banks swap slots in one snapshot: a slot never
 holds two banks, not even for the duration of one statement.
 """
 
@@ -269,7 +269,34 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
             status=SlotStatus.AVAILABLE, battery_level=0, updated_at=now
         )
 
-    # 7. Banks: one upsert. Model and capacity are operator-owned and never written here.
+    # 7. Close the recovered returns.
+    if closed:
+        Rental.objects.bulk_update(closed, RentalService.COMPLETION_FIELDS)
+        RentalService.announce_completed(closed, offline_return=True)
+        logger.info(
+            "Station %s: closed %d lost return(s): %s",
+            station.serial_number,
+            len(closed),
+            ", ".join(rental.rental_code for rental in closed),
+        )
+
+    # 8. The station itself: a full sync is a heartbeat and says the station is up.
+    _station_fields(station, message, now=now)
+    history = status_change(
+        station,
+        device.status or StationStatus.ONLINE,
+        at=message.sent_at if message.sent_at <= now else now,
+        trigger=StatusTrigger.FULL_SYNC,
+    )
+    station.updated_at = now
+    station_update = (
+        _STATION_UPDATE_SQL,
+        [sql.db_value(field, getattr(station, field.attname)) for field in _STATION_UPDATE_FIELDS]
+        + [sql.db_value(Station._meta.pk, station.pk)],
+    )
+
+    # ...and the banks: one upsert, with the station's update in the same statement on
+    # PostgreSQL. Model and capacity are operator-owned and never written here.
     upsert_banks(
         station.pk,
         [
@@ -283,33 +310,10 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
             for serial, state in sorted(banks.items())
         ],
         now=now,
+        along_with=station_update,
     )
 
-    # 8. Close the recovered returns.
-    if closed:
-        Rental.objects.bulk_update(closed, RentalService.COMPLETION_FIELDS)
-        RentalService.announce_completed(closed, offline_return=True)
-        logger.info(
-            "Station %s: closed %d lost return(s): %s",
-            station.serial_number,
-            len(closed),
-            ", ".join(rental.rental_code for rental in closed),
-        )
-
-    # 9-10. The station itself: a full sync is a heartbeat and says the station is up.
-    _station_fields(station, message, now=now)
-    history = status_change(
-        station,
-        device.status or StationStatus.ONLINE,
-        at=message.sent_at if message.sent_at <= now else now,
-        trigger=StatusTrigger.FULL_SYNC,
-    )
-    station.updated_at = now
-    sql.execute(
-        _STATION_UPDATE_SQL,
-        [sql.db_value(field, getattr(station, field.attname)) for field in _STATION_UPDATE_FIELDS]
-        + [sql.db_value(Station._meta.pk, station.pk)],
-    )
+    # 9. Its status history, when the status changed.
     if history is not None:
         history.save()
 

@@ -90,39 +90,55 @@ def upsert_slots(station_id, rows: list[SlotRow], *, now: datetime) -> dict[int,
     return {slot.slot_number: slot.pk for slot in objects}
 
 
-def upsert_banks(station_id, rows: list[BankRow], *, now: datetime) -> None:
+def upsert_banks(
+    station_id, rows: list[BankRow], *, now: datetime, along_with: tuple[str, list] | None = None
+) -> None:
     """
     Insert or update the reported banks, each at this station (in its slot, if any).
 
     Model and capacity are operator-owned: new banks get them blank, existing banks keep them.
+
+    `along_with` is one more write (SQL and parameters, no RETURNING) for rows the upsert does
+    not touch: on PostgreSQL it travels in the same statement, as a data-modifying WITH
+    clause, which saves a round trip per full sync; elsewhere it runs right after.
     """
-    if not rows:
+    if not rows or connection.vendor != "postgresql":
+        if rows:
+            _bulk_upsert_banks(station_id, rows, now=now)
+        if along_with is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(*along_with)
         return
-    if connection.vendor == "postgresql":
-        table = PowerBank._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"""
-                INSERT INTO {table} (serial_number, model, capacity_mah, status, battery_level,
-                                     hardware_info, current_station_id, current_slot_id,
-                                     created_at, updated_at)
-                SELECT r.serial_number, '', NULL, r.status, r.battery_level, r.hardware_info,
-                       CASE WHEN r.current_slot_id IS NULL THEN NULL ELSE %s::uuid END,
-                       r.current_slot_id, %s, %s
-                FROM jsonb_to_recordset(%s::jsonb)
-                     AS r(serial_number text, status text, battery_level integer,
-                          hardware_info jsonb, current_slot_id bigint)
-                ON CONFLICT (serial_number) DO UPDATE SET
-                    status = EXCLUDED.status,
-                    battery_level = EXCLUDED.battery_level,
-                    hardware_info = EXCLUDED.hardware_info,
-                    current_station_id = EXCLUDED.current_station_id,
-                    current_slot_id = EXCLUDED.current_slot_id,
-                    updated_at = EXCLUDED.updated_at
-                """,
-                [station_id, now, now, _json(rows)],
-            )
-        return
+    along_sql, along_params = ("", [])
+    if along_with is not None:
+        along_sql, along_params = f"WITH along_with AS ({along_with[0]}) ", along_with[1]
+    table = PowerBank._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            along_sql
+            + f"""
+            INSERT INTO {table} (serial_number, model, capacity_mah, status, battery_level,
+                                 hardware_info, current_station_id, current_slot_id,
+                                 created_at, updated_at)
+            SELECT r.serial_number, '', NULL, r.status, r.battery_level, r.hardware_info,
+                   CASE WHEN r.current_slot_id IS NULL THEN NULL ELSE %s::uuid END,
+                   r.current_slot_id, %s, %s
+            FROM jsonb_to_recordset(%s::jsonb)
+                 AS r(serial_number text, status text, battery_level integer,
+                      hardware_info jsonb, current_slot_id bigint)
+            ON CONFLICT (serial_number) DO UPDATE SET
+                status = EXCLUDED.status,
+                battery_level = EXCLUDED.battery_level,
+                hardware_info = EXCLUDED.hardware_info,
+                current_station_id = EXCLUDED.current_station_id,
+                current_slot_id = EXCLUDED.current_slot_id,
+                updated_at = EXCLUDED.updated_at
+            """,
+            [*along_params, station_id, now, now, _json(rows)],
+        )
+
+
+def _bulk_upsert_banks(station_id, rows: list[BankRow], *, now: datetime) -> None:
     PowerBank.objects.bulk_create(
         [
             PowerBank(

@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from django.db import connection
 from django.test import TestCase, override_settings
 
 from api.rentals.models import RentalPackage, RentalStatus
@@ -242,7 +243,12 @@ class FullSyncQueryCountTests(TestCase):
       2 SELECT open rentals FOR UPDATE   6 UPDATE vacated slots
       3 SELECT banks FOR UPDATE          7 INSERT .. ON CONFLICT banks
       4 INSERT .. ON CONFLICT slots      8 UPDATE station
+    On PostgreSQL, 7 and 8 are one statement (the station's UPDATE is a WITH clause of the
+    banks' upsert), so every count is one lower there.
     """
+
+    def expected(self, count: int) -> int:
+        return count - 1 if connection.vendor == "postgresql" else count
 
     def _second_sync_queries(self, slots: int):
         serial = f"STATION{slots:02d}"
@@ -254,17 +260,17 @@ class FullSyncQueryCountTests(TestCase):
 
     def test_full_sync_of_4_slots_takes_8_queries(self):
         message = self._second_sync_queries(4)
-        with self.assertNumQueries(8):
+        with self.assertNumQueries(self.expected(8)):
             sync(message)
 
     def test_full_sync_of_24_slots_takes_8_queries(self):
         message = self._second_sync_queries(24)
-        with self.assertNumQueries(8):
+        with self.assertNumQueries(self.expected(8)):
             sync(message)
 
     def test_full_sync_of_48_slots_takes_8_queries(self):
         message = self._second_sync_queries(48)
-        with self.assertNumQueries(8):
+        with self.assertNumQueries(self.expected(8)):
             sync(message)
 
     def test_unchanged_full_sync_of_48_slots_takes_6_queries(self):
@@ -273,7 +279,7 @@ class FullSyncQueryCountTests(TestCase):
         sync(full_payload(serial, banks=banks, total_slots=48, timestamp=now_ts() - 60))
         message = parse_message(full_payload(serial, banks=banks, total_slots=48))
         # No bank moves: no detach, no vacated slots; open-rental lookup still runs.
-        with self.assertNumQueries(6):
+        with self.assertNumQueries(self.expected(6)):
             sync(message)
 
     def test_first_full_sync_of_a_new_station_takes_a_constant_number_of_queries(self):
@@ -282,7 +288,7 @@ class FullSyncQueryCountTests(TestCase):
             message = parse_message(full_payload(f"NEW{slots}", banks=banks, total_slots=slots))
             # SELECT by serial, by serial or IMEI, INSERT, SELECT station; rentals; banks;
             # slots; banks; station; history
-            with self.assertNumQueries(10):
+            with self.assertNumQueries(self.expected(10)):
                 sync(message)
 
 
