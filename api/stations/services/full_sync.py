@@ -6,8 +6,9 @@ its locks in one order: its station, then rentals, then power banks, then slots.
 for stations that trade banks (and operators starting rentals) therefore never wait on
 each other in a cycle. The queries:
 
-    1. SELECT the station FOR UPDATE (plus an INSERT and a second SELECT if it is new)
-    2. SELECT the open rentals of the banks reported in slots, FOR UPDATE
+    1. SELECT the station FOR UPDATE, and whether a bank reported in a slot has an open
+       rental (plus a SELECT, an INSERT and a second SELECT if the station is new)
+    2. SELECT the open rentals of the banks reported in slots, FOR UPDATE  (only if any)
     3. SELECT the banks reported here or linked to this station, FOR UPDATE
     4. INSERT .. ON CONFLICT DO UPDATE every reported slot, RETURNING ids
     5. UPDATE banks: take every moving bank out of its slot  (only if a bank moves or leaves)
@@ -42,7 +43,7 @@ from api.stations.models import (
     StatusTrigger,
 )
 from api.stations.services.schemas import FullSyncMessage
-from api.stations.services.stations import advance_heartbeat, is_stale, lock_station, status_change
+from api.stations.services.stations import advance_heartbeat, is_stale, lock_station_for_sync, status_change
 from api.stations.services.upserts import BankRow, SlotRow, upsert_banks, upsert_slots
 from main_app import sql
 
@@ -197,7 +198,11 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
     """Apply a full sync. The caller provides the transaction."""
     now = now or timezone.now()
     device = message.device
-    station, _ = lock_station(serial_number=device.serial_number, imei=device.imei or device.serial_number)
+    slots, banks = _merge_reports(message)
+    placed = [serial for serial, state in sorted(banks.items()) if state.slot_number is not None]
+    station, maybe_open_rentals = lock_station_for_sync(
+        serial_number=device.serial_number, imei=device.imei or device.serial_number, bank_serials=placed
+    )
     if is_stale(station, message.sent_at):
         logger.info(
             "Stale full sync for %s: sent %s, state already at %s",
@@ -207,13 +212,10 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
         )
         return FullSyncResult(station=station, applied=False)
 
-    slots, banks = _merge_reports(message)
-
     # 2. Lost returns: a bank back in a slot while its rental is open (DESIGN rule 8).
     grace = timedelta(seconds=settings.IOT_RETURN_GRACE_SECONDS)
-    placed = [serial for serial, state in sorted(banks.items()) if state.slot_number is not None]
     closed: list[Rental] = []
-    open_rentals = RentalService.open_rentals_for(serials=placed) if placed else []
+    open_rentals = RentalService.open_rentals_for(serials=placed) if placed and maybe_open_rentals else []
     for rental in open_rentals:
         serial = rental.power_bank.serial_number
         if message.sent_at - rental.started_at < grace:

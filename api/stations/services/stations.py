@@ -6,8 +6,10 @@ from datetime import datetime
 from django.db import transaction
 from django.db.models import Case, Q, Value, When
 
+from api.rentals.models import OPEN_RENTAL_STATUSES, Rental
 from api.stations.models import (
     PENDING_ADDRESS,
+    PowerBank,
     Station,
     StationStatus,
     StationStatusHistory,
@@ -17,6 +19,8 @@ from main_app import sql
 
 _STATION = sql.Columns(Station, [field.name for field in Station._meta.concrete_fields])
 _LOCK_BY_SERIAL_SQL = f"SELECT {_STATION.sql} FROM {_STATION.table} WHERE serial_number = %s"
+_RENTAL_TABLE = sql.quote(Rental._meta.db_table)
+_BANK_TABLE = sql.quote(PowerBank._meta.db_table)
 
 
 def placeholder_name(serial_number: str) -> str:
@@ -39,6 +43,37 @@ def lock_station(*, serial_number: str, imei: str | None = None) -> tuple[Statio
     )
     if station is not None:
         return station, False
+    return _find_or_register(serial_number=serial_number, imei=imei)
+
+
+def lock_station_for_sync(*, serial_number: str, imei: str, bank_serials: list[str]) -> tuple[Station, bool]:
+    """
+    `lock_station` for a full sync, which also needs to know whether any of the banks it
+    reports in slots has an open rental (DESIGN rule 8): one statement answers both, since
+    usually none has. Returns `(station, maybe_open_rentals)`; the caller locks and reads
+    the rentals themselves only when the second is true.
+
+    The rental check is read from the statement's snapshot, which may predate a rental
+    opened while this statement waited for the station's lock. Such a rental is seconds
+    old, inside the grace period in which a full sync leaves a rental open anyway. For a
+    station registered just now the answer is always true.
+    """
+    serial_match, params = sql.in_values("bank.serial_number", bank_serials)
+    status_match, status_params = sql.in_values("rental.status", [s.value for s in OPEN_RENTAL_STATUSES])
+    rows = sql.fetch(
+        f"SELECT {_STATION.sql}, EXISTS (SELECT 1 FROM {_RENTAL_TABLE} rental "
+        f"JOIN {_BANK_TABLE} bank ON bank.id = rental.power_bank_id WHERE {serial_match} AND {status_match}) "
+        f"FROM {_STATION.table} WHERE serial_number = %s{sql.for_update(Station._meta.db_table)}",
+        [*params, *status_params, serial_number],
+    )
+    if rows:
+        ((*station_row, maybe_open),) = rows
+        return _STATION.instances([station_row])[0], bool(maybe_open)
+    station, _ = _find_or_register(serial_number=serial_number, imei=imei)
+    return station, True
+
+
+def _find_or_register(*, serial_number: str, imei: str | None) -> tuple[Station, bool]:
     keys = {serial_number} | ({imei} if imei else set())
     query = (
         Station.objects.select_for_update()

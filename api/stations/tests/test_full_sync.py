@@ -239,12 +239,13 @@ class FullSyncQueryCountTests(TestCase):
     """
     The cost of a full sync does not depend on the slot count. For an existing station
     whose banks partly moved (the common case), the queries are:
-      1 SELECT station FOR UPDATE        5 UPDATE banks leaving their slots
-      2 SELECT open rentals FOR UPDATE   6 UPDATE vacated slots
-      3 SELECT banks FOR UPDATE          7 INSERT .. ON CONFLICT banks
-      4 INSERT .. ON CONFLICT slots      8 UPDATE station
-    On PostgreSQL, 7 and 8 are one statement (the station's UPDATE is a WITH clause of the
-    banks' upsert), so every count is one lower there.
+      1 SELECT station FOR UPDATE, and whether any reported bank has an open rental
+      2 SELECT banks FOR UPDATE          5 UPDATE vacated slots
+      3 INSERT .. ON CONFLICT slots      6 INSERT .. ON CONFLICT banks
+      4 UPDATE banks leaving slots       7 UPDATE station
+    (plus SELECT open rentals FOR UPDATE, only when some bank has one). On PostgreSQL, 6
+    and 7 are one statement (the station's UPDATE is a WITH clause of the banks' upsert),
+    so every count is one lower there.
     """
 
     def expected(self, count: int) -> int:
@@ -258,28 +259,28 @@ class FullSyncQueryCountTests(TestCase):
         second = {n: (bank, 90) for n, (bank, _) in first.items() if n > 2}
         return parse_message(full_payload(serial, banks=second, total_slots=slots))
 
-    def test_full_sync_of_4_slots_takes_8_queries(self):
+    def test_full_sync_of_4_slots_takes_7_queries(self):
         message = self._second_sync_queries(4)
-        with self.assertNumQueries(self.expected(8)):
+        with self.assertNumQueries(self.expected(7)):
             sync(message)
 
-    def test_full_sync_of_24_slots_takes_8_queries(self):
+    def test_full_sync_of_24_slots_takes_7_queries(self):
         message = self._second_sync_queries(24)
-        with self.assertNumQueries(self.expected(8)):
+        with self.assertNumQueries(self.expected(7)):
             sync(message)
 
-    def test_full_sync_of_48_slots_takes_8_queries(self):
+    def test_full_sync_of_48_slots_takes_7_queries(self):
         message = self._second_sync_queries(48)
-        with self.assertNumQueries(self.expected(8)):
+        with self.assertNumQueries(self.expected(7)):
             sync(message)
 
-    def test_unchanged_full_sync_of_48_slots_takes_6_queries(self):
+    def test_unchanged_full_sync_of_48_slots_takes_5_queries(self):
         serial = "STATION48"
         banks = {n: (f"48{n:05d}", 80) for n in range(1, 49) if n % 4}
         sync(full_payload(serial, banks=banks, total_slots=48, timestamp=now_ts() - 60))
         message = parse_message(full_payload(serial, banks=banks, total_slots=48))
-        # No bank moves: no detach, no vacated slots; open-rental lookup still runs.
-        with self.assertNumQueries(self.expected(6)):
+        # No bank moves: no detach, no vacated slots; no open rental to look up.
+        with self.assertNumQueries(self.expected(5)):
             sync(message)
 
     def test_first_full_sync_of_a_new_station_takes_a_constant_number_of_queries(self):
