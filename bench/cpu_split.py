@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""
+Where the machine's CPU goes per full sync under load: this project under gunicorn (the
+benchmark's settings), its PostgreSQL backends and the load generator, read from /proc
+before and after a closed-loop run.
+
+    .venv/bin/python bench/cpu_split.py                 # 15 s, 16 clients
+    .venv/bin/python bench/cpu_split.py --seconds 30
+
+On a 2-core machine, 2000 ms of CPU per second divided by the total per request is the
+throughput the machine can reach when nothing else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import (  # noqa: E402
+    OUR_PYTHON,
+    PG_DEFAULT,
+    ROOT,
+    Target,
+    analyze,
+    drive,
+    full_sync_bodies,
+    gunicorn_command,
+    our_env,
+    prepare_ours,
+    start,
+    stop,
+    warm_up,
+)
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process() -> dict[int, tuple[str, str, int]]:
+    """pid -> (name, command line, CPU ticks used so far)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        found[int(entry.name)] = (name, command, int(fields[11]) + int(fields[12]))
+    return found
+
+
+def category(pid: int, name: str, command: str) -> str:
+    if pid == os.getpid():
+        return "load generator"
+    if "gunicorn" in command:
+        return "gunicorn workers"
+    if name.startswith("postgres"):
+        return "PostgreSQL"
+    return "other"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pg", default=PG_DEFAULT)
+    parser.add_argument("--port", type=int, default=8150)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--clients", type=int, default=16)
+    args = parser.parse_args()
+
+    database = "bench_cpu_split"
+    target = Target("ours", args.port, prepare_ours(args.pg, database))
+    start(target, gunicorn_command(OUR_PYTHON, target.port, 4, 1), env=our_env(args.pg, database), cwd=ROOT)
+    try:
+        warm_up(target, 200, 24, 0.7)
+        analyze(args.pg, database)
+        before = cpu_by_process()
+        result = drive(
+            target, full_sync_bodies(200, 24, 0.7, random.Random(3)), clients=args.clients, seconds=args.seconds
+        )
+        after = cpu_by_process()
+    finally:
+        stop(target)
+    requests = len(result.latencies)
+    totals: dict[str, int] = {}
+    for pid, (name, command, ticks) in after.items():
+        used = ticks - before.get(pid, (name, command, 0))[2]
+        if used > 0:
+            key = category(pid, name, command)
+            totals[key] = totals.get(key, 0) + used
+    print(f"{requests / args.seconds:.1f} full syncs/s, {args.clients} clients, {result.errors} errors")
+    for key, ticks in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"  {key:<18} {ticks / TICKS / requests * 1000:6.2f} ms CPU per full sync")
+    total = sum(totals.values()) / TICKS / requests * 1000
+    print(f"  {'total':<18} {total:6.2f} ms CPU per full sync: {os.cpu_count() * 1000 / total:.0f}/s on {os.cpu_count()} cores")
+
+
+if __name__ == "__main__":
+    main()
