@@ -9,16 +9,16 @@ each other in a cycle. The queries:
     1. SELECT the station FOR UPDATE, and whether a bank reported in a slot has an open
        rental (plus a SELECT, an INSERT and a second SELECT if the station is new)
     2. SELECT the open rentals of the banks reported in slots, FOR UPDATE  (only if any)
-    3. SELECT the banks reported here or linked to this station, FOR UPDATE
-    4. INSERT .. ON CONFLICT DO UPDATE every reported slot, RETURNING ids
-    5. UPDATE banks: take every moving bank out of its slot  (only if a bank moves or leaves)
-    6. UPDATE slots left empty by those banks to AVAILABLE   (only if there are any)
-    7. UPDATE the rentals closed as lost returns            (only if there are any)
-    8. INSERT .. ON CONFLICT DO UPDATE every reported bank, and UPDATE the station
-       (one statement on PostgreSQL, two elsewhere)
-    9. INSERT a status-history row                          (only if the status changed)
+    3. SELECT the banks reported here or linked to this station, FOR UPDATE, with the
+       station and number of the slot each is in
+    4. UPDATE banks: take every moving bank out of its slot  (only if a bank moves or leaves)
+    5. UPDATE slots left empty by those banks to AVAILABLE   (only if there are any)
+    6. UPDATE the rentals closed as lost returns            (only if there are any)
+    7. INSERT .. ON CONFLICT DO UPDATE every reported slot, then every reported bank into
+       its slot, and UPDATE the station: one statement on PostgreSQL, three elsewhere
+    8. INSERT a status-history row                          (only if the status changed)
 
-Step 5 before step 8 is what lets two banks swap slots in one snapshot: a slot never
+Step 4 before step 7 is what lets two banks swap slots in one snapshot: a slot never
 holds two banks, not even for the duration of one statement.
 """
 
@@ -44,7 +44,7 @@ from api.stations.models import (
 )
 from api.stations.services.schemas import FullSyncMessage
 from api.stations.services.stations import advance_heartbeat, is_stale, lock_station_for_sync, status_change
-from api.stations.services.upserts import BankRow, SlotRow, upsert_banks, upsert_slots
+from api.stations.services.upserts import BankRow, SlotRow, upsert_slots_and_banks
 from main_app import sql
 
 logger = logging.getLogger(__name__)
@@ -179,18 +179,30 @@ class _KnownBank(NamedTuple):
     serial_number: str
     current_slot_id: int | None
     here: bool  # linked to the station being synced
+    slot_number: int | None  # of its current slot
+    slot_here: bool  # its current slot is one of this station's
+
+    def in_slot(self, number: int | None) -> bool:
+        """Already in this station's slot `number`?"""
+        return self.slot_here and number is not None and self.slot_number == number
 
 
 def _lock_banks(station: Station, *, serials: list[str]) -> list[tuple]:
-    """The banks reported in the snapshot or linked to this station, locked in id order."""
-    table = sql.quote(PowerBank._meta.db_table)
-    serial_match, params = sql.in_values("serial_number", serials)
+    """
+    The banks reported in the snapshot or linked to this station, locked in id order, with
+    where their slot is (a slot's station and number never change, so they need no lock).
+    """
+    banks = sql.quote(PowerBank._meta.db_table)
+    slots = sql.quote(StationSlot._meta.db_table)
+    serial_match, params = sql.in_values("bank.serial_number", serials)
     station_id = sql.db_value(Station._meta.pk, station.pk)
     return sql.fetch(
-        f"SELECT id, serial_number, current_slot_id, "
-        f"CASE WHEN current_station_id = %s THEN 1 ELSE 0 END "
-        f"FROM {table} WHERE {serial_match} OR current_station_id = %s ORDER BY id{sql.for_update()}",
-        [station_id, *params, station_id],
+        "SELECT bank.id, bank.serial_number, bank.current_slot_id, "
+        "CASE WHEN bank.current_station_id = %s THEN 1 ELSE 0 END, "
+        "slot.slot_number, CASE WHEN slot.station_id = %s THEN 1 ELSE 0 END "
+        f"FROM {banks} bank LEFT JOIN {slots} slot ON slot.id = bank.current_slot_id "
+        f"WHERE {serial_match} OR bank.current_station_id = %s ORDER BY bank.id{sql.for_update('bank')}",
+        [station_id, station_id, *params, station_id],
     )
 
 
@@ -234,24 +246,13 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
         row.serial_number: row for row in map(_KnownBank._make, _lock_banks(station, serials=list(banks)))
     }
 
-    # 4. Slots: one upsert; the returned ids map slot numbers to rows.
-    slot_id = upsert_slots(
-        station.pk,
-        [
-            SlotRow(number, state.status, state.battery_level, state.metadata)
-            for number, state in sorted(slots.items())
-        ],
-        now=now,
-    )
-
-    # 5. Take every bank that moves or leaves out of its slot first.
+    # 4. Take every bank that moves or leaves out of its slot first.
     detached = sorted(serial for serial, bank in known.items() if serial not in banks and bank.here)
-    occupied_after = {slot_id[state.slot_number] for state in banks.values() if state.slot_number is not None}
     moving = [
         bank
         for serial, bank in known.items()
         if bank.current_slot_id is not None
-        and (serial not in banks or slot_id.get(banks[serial].slot_number) != bank.current_slot_id)
+        and (serial not in banks or not bank.in_slot(banks[serial].slot_number))
     ]
     leaving_ids = {bank.id for bank in moving} | {known[serial].id for serial in detached}
     if leaving_ids:
@@ -264,14 +265,15 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
             updated_at=now,
         )
 
-    # 6. Slots those banks left, here or at another station, unless refilled just now.
-    vacated = {bank.current_slot_id for bank in moving} - occupied_after
+    # 5. Slots those banks left, here or at another station. This station's reported slots
+    # are written by the upsert below anyway, with the snapshot's status.
+    vacated = {bank.current_slot_id for bank in moving if not (bank.slot_here and bank.slot_number in slots)}
     if vacated:
         StationSlot.objects.filter(pk__in=vacated, status=SlotStatus.OCCUPIED).update(
             status=SlotStatus.AVAILABLE, battery_level=0, updated_at=now
         )
 
-    # 7. Close the recovered returns.
+    # 6. Close the recovered returns.
     if closed:
         Rental.objects.bulk_update(closed, RentalService.COMPLETION_FIELDS)
         RentalService.announce_completed(closed, offline_return=True)
@@ -282,7 +284,7 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
             ", ".join(rental.rental_code for rental in closed),
         )
 
-    # 8. The station itself: a full sync is a heartbeat and says the station is up.
+    # 7. The station itself: a full sync is a heartbeat and says the station is up.
     _station_fields(station, message, now=now)
     history = status_change(
         station,
@@ -297,25 +299,23 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
         + [sql.db_value(Station._meta.pk, station.pk)],
     )
 
-    # ...and the banks: one upsert, with the station's update in the same statement on
-    # PostgreSQL. Model and capacity are operator-owned and never written here.
-    upsert_banks(
+    # ...written with the slots and the banks, in one statement on PostgreSQL.
+    # Model and capacity are operator-owned and never written here.
+    upsert_slots_and_banks(
         station.pk,
         [
-            BankRow(
-                serial,
-                state.status,
-                state.battery_level,
-                state.hardware_info,
-                slot_id.get(state.slot_number),
-            )
+            SlotRow(number, state.status, state.battery_level, state.metadata)
+            for number, state in sorted(slots.items())
+        ],
+        [
+            BankRow(serial, state.status, state.battery_level, state.hardware_info, state.slot_number)
             for serial, state in sorted(banks.items())
         ],
         now=now,
         along_with=station_update,
     )
 
-    # 9. Its status history, when the status changed.
+    # 8. Its status history, when the status changed.
     if history is not None:
         history.save()
 

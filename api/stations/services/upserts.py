@@ -1,12 +1,14 @@
 """
-The two row-heavy statements of a full sync: upsert every reported slot, upsert every
-reported bank. One statement each, whatever the slot count.
+The row-heavy writes of a full sync: upsert every reported slot, then every reported bank
+into its slot. Their cost does not depend on the slot count.
 
-On PostgreSQL the rows travel as one JSON document unpacked by `jsonb_to_recordset`: the
-database parses it in C, where the ORM's `bulk_create` builds a model instance and quotes
-every value of every row in Python (the largest cost of a full sync when profiled; see
-docs/performance.md). Other databases (SQLite in development) use `bulk_create`. Both
-paths run the whole test suite in CI.
+On PostgreSQL they are one statement: the rows travel as JSON documents unpacked by
+`jsonb_to_recordset` (the database parses them in C, where the ORM's `bulk_create` builds
+a model instance and quotes every value of every row in Python, the largest cost of a full
+sync when first profiled), the slots' upsert is a data-modifying WITH clause whose RETURNING
+gives the banks their slot ids, and one more write of the caller can ride along. Other
+databases (SQLite in development) use `bulk_create` twice. Both paths run the whole test
+suite in CI; docs/performance.md has the figures.
 """
 
 import json
@@ -34,7 +36,7 @@ class BankRow:
     status: str
     battery_level: int
     hardware_info: dict
-    current_slot_id: int | None
+    slot_number: int | None  # one of the slot rows' numbers, or None: not in a slot
 
 
 def _json(rows: Iterable) -> str:
@@ -47,29 +49,73 @@ def _json(rows: Iterable) -> str:
         return json.dumps([asdict(row) for row in rows], ensure_ascii=False)
 
 
-def upsert_slots(station_id, rows: list[SlotRow], *, now: datetime) -> dict[int, int]:
-    """Insert or update the station's slots; returns slot number -> slot id."""
-    if not rows:
-        return {}
-    if connection.vendor == "postgresql":
-        table = StationSlot._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"""
-                INSERT INTO {table} (station_id, slot_number, status, battery_level, slot_metadata, updated_at)
-                SELECT %s, r.slot_number, r.status, r.battery_level, r.slot_metadata, %s
-                FROM jsonb_to_recordset(%s::jsonb)
-                     AS r(slot_number integer, status text, battery_level integer, slot_metadata jsonb)
-                ON CONFLICT (station_id, slot_number) DO UPDATE SET
-                    status = EXCLUDED.status,
-                    battery_level = EXCLUDED.battery_level,
-                    slot_metadata = EXCLUDED.slot_metadata,
-                    updated_at = EXCLUDED.updated_at
-                RETURNING slot_number, id
-                """,
-                [station_id, now, _json(rows)],
-            )
-            return dict(cursor.fetchall())
+_SLOTS = StationSlot._meta.db_table
+_BANKS = PowerBank._meta.db_table
+_UPSERT_SQL = f"""
+    slots AS (
+        INSERT INTO {_SLOTS} (station_id, slot_number, status, battery_level, slot_metadata, updated_at)
+        SELECT %s, r.slot_number, r.status, r.battery_level, r.slot_metadata, %s
+        FROM jsonb_to_recordset(%s::jsonb)
+             AS r(slot_number integer, status text, battery_level integer, slot_metadata jsonb)
+        ON CONFLICT (station_id, slot_number) DO UPDATE SET
+            status = EXCLUDED.status,
+            battery_level = EXCLUDED.battery_level,
+            slot_metadata = EXCLUDED.slot_metadata,
+            updated_at = EXCLUDED.updated_at
+        RETURNING slot_number, id
+    )
+    INSERT INTO {_BANKS} (serial_number, model, capacity_mah, status, battery_level, hardware_info,
+                          current_station_id, current_slot_id, created_at, updated_at)
+    SELECT r.serial_number, '', NULL, r.status, r.battery_level, r.hardware_info,
+           CASE WHEN r.slot_number IS NULL THEN NULL ELSE %s::uuid END, slots.id, %s, %s
+    FROM jsonb_to_recordset(%s::jsonb)
+         AS r(serial_number text, status text, battery_level integer, hardware_info jsonb, slot_number integer)
+    LEFT JOIN slots ON slots.slot_number = r.slot_number
+    ON CONFLICT (serial_number) DO UPDATE SET
+        status = EXCLUDED.status,
+        battery_level = EXCLUDED.battery_level,
+        hardware_info = EXCLUDED.hardware_info,
+        current_station_id = EXCLUDED.current_station_id,
+        current_slot_id = EXCLUDED.current_slot_id,
+        updated_at = EXCLUDED.updated_at
+"""
+
+
+def upsert_slots_and_banks(
+    station_id,
+    slots: list[SlotRow],
+    banks: list[BankRow],
+    *,
+    now: datetime,
+    along_with: tuple[str, list] | None = None,
+) -> None:
+    """
+    Insert or update the station's reported slots, then the reported banks, each at this
+    station in its slot (if any). The caller has taken every bank that moves or leaves out
+    of its old slot, so no slot ever holds two banks, not even within the statement.
+
+    Model and capacity are operator-owned: new banks get them blank, existing banks keep them.
+
+    `along_with` is one more write (SQL and parameters, no RETURNING) for rows these do not
+    touch: on PostgreSQL it travels in the same statement, as another WITH clause.
+    """
+    if connection.vendor != "postgresql":
+        _bulk_upsert(station_id, slots, banks, now=now)
+        if along_with is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(*along_with)
+        return
+    prefix, params = "WITH ", []
+    if along_with is not None:
+        prefix, params = f"WITH along_with AS ({along_with[0]}), ", list(along_with[1])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            prefix + _UPSERT_SQL,
+            [*params, station_id, now, _json(slots), station_id, now, now, _json(banks)],
+        )
+
+
+def _bulk_upsert(station_id, slots: list[SlotRow], banks: list[BankRow], *, now: datetime) -> None:
     objects = [
         StationSlot(
             station_id=station_id,
@@ -79,66 +125,18 @@ def upsert_slots(station_id, rows: list[SlotRow], *, now: datetime) -> dict[int,
             slot_metadata=row.slot_metadata,
             updated_at=now,
         )
-        for row in rows
+        for row in slots
     ]
-    StationSlot.objects.bulk_create(
-        objects,
-        update_conflicts=True,
-        unique_fields=["station", "slot_number"],
-        update_fields=["status", "battery_level", "slot_metadata", "updated_at"],
-    )
-    return {slot.slot_number: slot.pk for slot in objects}
-
-
-def upsert_banks(
-    station_id, rows: list[BankRow], *, now: datetime, along_with: tuple[str, list] | None = None
-) -> None:
-    """
-    Insert or update the reported banks, each at this station (in its slot, if any).
-
-    Model and capacity are operator-owned: new banks get them blank, existing banks keep them.
-
-    `along_with` is one more write (SQL and parameters, no RETURNING) for rows the upsert does
-    not touch: on PostgreSQL it travels in the same statement, as a data-modifying WITH
-    clause, which saves a round trip per full sync; elsewhere it runs right after.
-    """
-    if not rows or connection.vendor != "postgresql":
-        if rows:
-            _bulk_upsert_banks(station_id, rows, now=now)
-        if along_with is not None:
-            with connection.cursor() as cursor:
-                cursor.execute(*along_with)
-        return
-    along_sql, along_params = ("", [])
-    if along_with is not None:
-        along_sql, along_params = f"WITH along_with AS ({along_with[0]}) ", along_with[1]
-    table = PowerBank._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            along_sql
-            + f"""
-            INSERT INTO {table} (serial_number, model, capacity_mah, status, battery_level,
-                                 hardware_info, current_station_id, current_slot_id,
-                                 created_at, updated_at)
-            SELECT r.serial_number, '', NULL, r.status, r.battery_level, r.hardware_info,
-                   CASE WHEN r.current_slot_id IS NULL THEN NULL ELSE %s::uuid END,
-                   r.current_slot_id, %s, %s
-            FROM jsonb_to_recordset(%s::jsonb)
-                 AS r(serial_number text, status text, battery_level integer,
-                      hardware_info jsonb, current_slot_id bigint)
-            ON CONFLICT (serial_number) DO UPDATE SET
-                status = EXCLUDED.status,
-                battery_level = EXCLUDED.battery_level,
-                hardware_info = EXCLUDED.hardware_info,
-                current_station_id = EXCLUDED.current_station_id,
-                current_slot_id = EXCLUDED.current_slot_id,
-                updated_at = EXCLUDED.updated_at
-            """,
-            [*along_params, station_id, now, now, _json(rows)],
+    if objects:
+        StationSlot.objects.bulk_create(
+            objects,
+            update_conflicts=True,
+            unique_fields=["station", "slot_number"],
+            update_fields=["status", "battery_level", "slot_metadata", "updated_at"],
         )
-
-
-def _bulk_upsert_banks(station_id, rows: list[BankRow], *, now: datetime) -> None:
+    slot_id = {slot.slot_number: slot.pk for slot in objects}
+    if not banks:
+        return
     PowerBank.objects.bulk_create(
         [
             PowerBank(
@@ -146,11 +144,11 @@ def _bulk_upsert_banks(station_id, rows: list[BankRow], *, now: datetime) -> Non
                 status=row.status,
                 battery_level=row.battery_level,
                 hardware_info=row.hardware_info,
-                current_station_id=station_id if row.current_slot_id is not None else None,
-                current_slot_id=row.current_slot_id,
+                current_station_id=station_id if row.slot_number is not None else None,
+                current_slot_id=slot_id.get(row.slot_number),
                 updated_at=now,
             )
-            for row in rows
+            for row in banks
         ],
         update_conflicts=True,
         unique_fields=["serial_number"],
