@@ -6,6 +6,7 @@ Where one full sync spends its CPU: this project's WSGI application called in-pr
     .venv/bin/python bench/profile_sync.py                     # CPU per request: worker and PostgreSQL
     .venv/bin/python bench/profile_sync.py --pyinstrument      # plus a call tree of the worker's time
     .venv/bin/python bench/profile_sync.py --queries           # plus the SQL of one request
+    .venv/bin/python bench/profile_sync.py --gc-stats          # plus the garbage collector's pauses
 
 The PostgreSQL backend's CPU is read from /proc (the server runs on this machine).
 """
@@ -13,6 +14,7 @@ The PostgreSQL backend's CPU is read from /proc (the server runs on this machine
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import os
 import random
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--pyinstrument", action="store_true")
     parser.add_argument("--queries", action="store_true")
+    parser.add_argument("--gc-stats", action="store_true", help="count and time garbage collections")
     args = parser.parse_args()
 
     recreate_database(args.pg, args.database)
@@ -129,6 +132,18 @@ def main() -> None:
         make_body(n)
     generator = (time.process_time() - started) / args.requests
 
+    pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    if args.gc_stats:
+        started_at = [0.0]
+
+        def on_collection(phase, info):
+            if phase == "start":
+                started_at[0] = time.perf_counter()
+            else:
+                pauses[info["generation"]].append(time.perf_counter() - started_at[0])
+
+        gc.callbacks.append(on_collection)
+
     profiler = None
     if args.pyinstrument:
         from pyinstrument import Profiler
@@ -147,6 +162,14 @@ def main() -> None:
     print(f"  worker CPU     {cpu * per - generator * 1000:6.2f} ms per request (body generation excluded)")
     print(f"  PostgreSQL CPU {pg * per:6.2f} ms per request")
     print(f"  wall           {wall * per:6.2f} ms per request, one at a time")
+    if args.gc_stats:
+        gc.callbacks.clear()
+        for generation, times in pauses.items():
+            if times:
+                print(
+                    f"  gen{generation} collections: {len(times)}, longest {max(times) * 1000:.1f} ms, "
+                    f"total {sum(times) * 1000:.0f} ms"
+                )
     if profiler:
         print(profiler.output_text(unicode=True, color=False, show_all=bool(os.environ.get("PROFILE_ALL"))))
 
