@@ -64,6 +64,22 @@ def _send_completed(rental: Rental, *, offline_return: bool) -> None:
         logger.exception("rental_completed receivers failed for %s", rental.rental_code)
 
 
+def open_rentals_clause(serials: Iterable[str]) -> tuple[str, list]:
+    """
+    `FROM .. WHERE ..` of the open rentals (aliased `rental`) of the banks with these serials,
+    and its parameters: fixed SQL, for the statements a full sync runs on every message.
+    """
+    serial_match, params = sql.in_values("bank.serial_number", serials)
+    status_match, status_params = sql.in_values(
+        "rental.status", [status.value for status in OPEN_RENTAL_STATUSES]
+    )
+    return (
+        f"FROM {_RENTAL_TABLE} rental JOIN {_BANK_TABLE} bank ON bank.id = rental.power_bank_id "
+        f"WHERE {serial_match} AND {status_match}",
+        params + status_params,
+    )
+
+
 class RentalService:
     """Rental lifecycle: start, complete on return, mark overdue."""
 
@@ -77,15 +93,11 @@ class RentalService:
         # Usually none is open: lock and find them with one fixed statement (a full sync runs
         # it for every message), and load the rows (with package and bank) only when there
         # are some.
-        serial_match, params = sql.in_values("bank.serial_number", serials)
-        status_match, status_params = sql.in_values("rental.status", [s.value for s in OPEN_RENTAL_STATUSES])
+        clause, params = open_rentals_clause(serials)
         locked = [
             pk
             for (pk,) in sql.fetch(
-                f"SELECT rental.id FROM {_RENTAL_TABLE} rental "
-                f"JOIN {_BANK_TABLE} bank ON bank.id = rental.power_bank_id "
-                f"WHERE {serial_match} AND {status_match} ORDER BY rental.id{sql.for_update('rental')}",
-                params + status_params,
+                f"SELECT rental.id {clause} ORDER BY rental.id{sql.for_update('rental')}", params
             )
         ]
         if not locked:

@@ -6,10 +6,9 @@ from datetime import datetime
 from django.db import transaction
 from django.db.models import Case, Q, Value, When
 
-from api.rentals.models import OPEN_RENTAL_STATUSES, Rental
+from api.rentals.services.rental_service import open_rentals_clause
 from api.stations.models import (
     PENDING_ADDRESS,
-    PowerBank,
     Station,
     StationStatus,
     StationStatusHistory,
@@ -19,8 +18,6 @@ from main_app import sql
 
 _STATION = sql.Columns(Station, [field.name for field in Station._meta.concrete_fields])
 _LOCK_BY_SERIAL_SQL = f"SELECT {_STATION.sql} FROM {_STATION.table} WHERE serial_number = %s"
-_RENTAL_TABLE = sql.quote(Rental._meta.db_table)
-_BANK_TABLE = sql.quote(PowerBank._meta.db_table)
 
 
 def placeholder_name(serial_number: str) -> str:
@@ -58,13 +55,11 @@ def lock_station_for_sync(*, serial_number: str, imei: str, bank_serials: list[s
     old, inside the grace period in which a full sync leaves a rental open anyway. For a
     station registered just now the answer is always true.
     """
-    serial_match, params = sql.in_values("bank.serial_number", bank_serials)
-    status_match, status_params = sql.in_values("rental.status", [s.value for s in OPEN_RENTAL_STATUSES])
+    open_rentals, params = open_rentals_clause(bank_serials)
     rows = sql.fetch(
-        f"SELECT {_STATION.sql}, EXISTS (SELECT 1 FROM {_RENTAL_TABLE} rental "
-        f"JOIN {_BANK_TABLE} bank ON bank.id = rental.power_bank_id WHERE {serial_match} AND {status_match}) "
+        f"SELECT {_STATION.sql}, EXISTS (SELECT 1 {open_rentals}) "
         f"FROM {_STATION.table} WHERE serial_number = %s{sql.for_update(Station._meta.db_table)}",
-        [*params, *status_params, serial_number],
+        [*params, serial_number],
     )
     if rows:
         ((*station_row, maybe_open),) = rows
