@@ -50,13 +50,6 @@ def fetch(sql: str, params: Sequence[Any]) -> list[tuple]:
         return cursor.fetchall()
 
 
-def execute(sql: str, params: Sequence[Any]) -> int:
-    """Run a statement; returns the number of rows it changed."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount
-
-
 class Columns:
     """
     Some fields of a model: their column list for a SELECT, and model instances built from

@@ -37,6 +37,18 @@ print("ENGINE", settings.DATABASES["default"]["ENGINE"])
 """
 
 
+def run_python(script: str, environment: dict) -> subprocess.CompletedProcess:
+    """`script` in a fresh interpreter in the project, with exactly `environment`."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=settings.BASE_DIR,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 class StartUpTests(SimpleTestCase):
     @classmethod
     def setUpClass(cls):
@@ -65,15 +77,7 @@ class StartUpTests(SimpleTestCase):
         }
 
     def start(self, **overrides) -> subprocess.CompletedProcess:
-        environment = {**self.good_environment(), **overrides}
-        return subprocess.run(
-            [sys.executable, "-c", SETUP_SCRIPT],
-            cwd=settings.BASE_DIR,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_python(SETUP_SCRIPT, {**self.good_environment(), **overrides})
 
     def assertRefused(self, result, variable):
         self.assertNotEqual(result.returncode, 0, result.stdout)
@@ -159,7 +163,6 @@ class BooleanVariableTests(SimpleTestCase):
         self.assertIs(self.read("", default=False), False)
 
 
-
 class WsgiModuleTests(SimpleTestCase):
     def test_the_wsgi_module_freezes_what_it_loaded_for_the_garbage_collector(self):
         # A full collection walking every module object stalled workers for up to 80 ms.
@@ -171,13 +174,6 @@ class WsgiModuleTests(SimpleTestCase):
             "DATABASE_URL": "sqlite://:memory:",
             "LOG_TO_FILE": "false",
         }
-        result = subprocess.run(
-            [sys.executable, "-c", script],
-            cwd=settings.BASE_DIR,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = run_python(script, environment)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertGreater(int(result.stdout.strip().splitlines()[-1]), 10_000)
