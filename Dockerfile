@@ -39,6 +39,8 @@ USER app
 EXPOSE 8000
 
 ENTRYPOINT ["/app/docker/entrypoint.sh"]
-# A shell reads WEB_WORKERS at run time; the entrypoint's exec and this exec leave gunicorn
-# as PID 1, so SIGTERM from `docker stop` reaches it directly.
-CMD ["sh", "-c", "exec gunicorn main_app.wsgi:application --bind 0.0.0.0:8000 --workers ${WEB_WORKERS:-4} --access-logfile -"]
+# A shell reads WEB_WORKERS and WEB_THREADS at run time; the entrypoint's exec and this exec
+# leave gunicorn as PID 1, so SIGTERM from `docker stop` reaches it directly. Threaded workers
+# keep the sender's connections alive, and a worker's second thread runs while the first
+# waits for the database (docs/performance.md).
+CMD ["sh", "-c", "exec gunicorn main_app.wsgi:application --bind 0.0.0.0:8000 --workers ${WEB_WORKERS:-4} --worker-class gthread --threads ${WEB_THREADS:-2} --access-logfile -"]

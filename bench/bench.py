@@ -190,16 +190,30 @@ class RoundResult:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     statuses: dict = field(default_factory=dict)
+    # At a fixed rate: when each answered request was due, in seconds from the start.
+    due: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.seconds
 
     def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return percentile(self.latencies, q)
+
+    def windows(self, seconds: float) -> list[float]:
+        """p99 (ms) of the requests due in each consecutive `seconds` of a fixed-rate run."""
+        buckets: dict[int, list[float]] = {}
+        for due, latency in zip(self.due, self.latencies, strict=True):
+            buckets.setdefault(int(due // seconds), []).append(latency)
+        return [percentile(buckets[key], 0.99) for key in sorted(buckets)]
+
+
+def percentile(latencies: list[float], q: float) -> float:
+    """The q-quantile of `latencies` (seconds), in milliseconds."""
+    if not latencies:
+        return float("nan")
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 def drive(
@@ -220,7 +234,7 @@ def drive(
 
     def client(worker: int):
         connection = http.client.HTTPConnection("127.0.0.1", target.port, timeout=15)
-        latencies, statuses, errors = [], {}, 0
+        latencies, statuses, errors, dues = [], {}, 0, []
         sent = 0
         while time.perf_counter() < deadline:
             with lock:
@@ -248,11 +262,13 @@ def drive(
             statuses[status] = statuses.get(status, 0) + 1
             if status == 200:
                 latencies.append(elapsed)
+                dues.append(started - begin)
             else:
                 errors += 1
         connection.close()
         with lock:
             result.latencies.extend(latencies)
+            result.due.extend(dues)
             result.errors += errors
             for status, count in statuses.items():
                 result.statuses[status] = result.statuses.get(status, 0) + count
@@ -491,6 +507,51 @@ def analyze(pg: str, database: str) -> None:
         connection.execute("ANALYZE")
 
 
+class Autovacuum:
+    """
+    Stands in for PostgreSQL's autovacuum where the server has it turned off (this machine's
+    server runs with the CI configuration, `autovacuum = off`). Without it every update leaves
+    a dead row version behind for good: after a few minutes of full syncs the 200-row station
+    table holds tens of thousands of them, every lookup wades through them, and the run
+    measures a database no production server would have. While measuring, this VACUUMs the
+    benchmark databases every `every` seconds, for both sides alike, as autovacuum would
+    (its default naptime is 60 s; it also works while traffic runs, as this does).
+    Does nothing where the server runs autovacuum itself.
+    """
+
+    def __init__(self, pg: str, databases: list[str], every: float = 15.0):
+        import psycopg
+
+        self.pg, self.databases, self.every = pg, databases, every
+        with psycopg.connect(f"{pg}/postgres", autocommit=True) as connection:
+            self.needed = connection.execute("SHOW autovacuum").fetchone()[0] != "on"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def describe(self) -> str:
+        if not self.needed:
+            return "autovacuum: the server's own"
+        return f"autovacuum: off on this server; the script runs VACUUM every {self.every:.0f} s while measuring"
+
+    def run(self) -> None:
+        import psycopg
+
+        while not self.stop.wait(self.every):
+            for database in self.databases:
+                with psycopg.connect(f"{self.pg}/{database}", autocommit=True) as connection:
+                    connection.execute("VACUUM")
+
+    def __enter__(self):
+        if self.needed:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
 def drive_fixed(target: Target, make_body, *, count: int, clients: int) -> None:
     counter = iter(range(count))
     lock = threading.Lock()
@@ -548,22 +609,27 @@ def compare(args) -> None:
         for target, database in ((seed, "bench_seed"), (ours, "bench_ours")):
             warm_up(target, args.stations, args.slots, args.occupancy)
             analyze(args.pg, database)
-        results = {"seed": [], "ours": []}
-        for round_number in range(1, args.rounds + 1):
-            order = (seed, ours) if round_number % 2 else (ours, seed)
-            print(f"round {round_number} ({args.round_seconds:.0f} s each, {order[0].name} first)")
-            for target in order:
-                body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(round_number))
-                result = drive(target, body, clients=args.clients, seconds=args.round_seconds)
-                results[target.name].append(result)
-                print_round(result)
-        seed_rate = sum(len(r.latencies) for r in results["seed"]) / sum(r.seconds for r in results["seed"])
-        target_rate = args.target_multiple * seed_rate
-        print(f"fixed rate: ours at {args.target_multiple:g} x the seed's {seed_rate:.1f}/s = {target_rate:.1f}/s "
-              f"for {args.round_seconds:.0f} s (latency counted from when each request was due)")
-        body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(99))
-        fixed = drive(ours, body, clients=args.clients, seconds=args.round_seconds, rate=target_rate)
-        print_round(fixed)
+        autovacuum = Autovacuum(args.pg, ["bench_seed", "bench_ours"])
+        print(autovacuum.describe())
+        with autovacuum:
+            results = {"seed": [], "ours": []}
+            for round_number in range(1, args.rounds + 1):
+                order = (seed, ours) if round_number % 2 else (ours, seed)
+                print(f"round {round_number} ({args.round_seconds:.0f} s each, {order[0].name} first)")
+                for target in order:
+                    body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(round_number))
+                    result = drive(target, body, clients=args.clients, seconds=args.round_seconds)
+                    results[target.name].append(result)
+                    print_round(result)
+            seed_rate = sum(len(r.latencies) for r in results["seed"]) / sum(r.seconds for r in results["seed"])
+            target_rate = args.target_multiple * seed_rate
+            print(f"fixed rate: ours at {args.target_multiple:g} x the seed's {seed_rate:.1f}/s = {target_rate:.1f}/s "
+                  f"for {args.fixed_seconds:.0f} s (latency counted from when each request was due)")
+            body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(99))
+            fixed = drive(ours, body, clients=args.clients, seconds=args.fixed_seconds, rate=target_rate)
+            print_round(fixed)
+            window = args.round_seconds
+            print(f"  p99 of each {window:.0f} s of it (ms): " + "  ".join(f"{p99:.1f}" for p99 in fixed.windows(window)))
         memory = {target.name: worker_peak_memory_mib(target) for target in (seed, ours)}
     finally:
         stop(seed)
@@ -637,14 +703,17 @@ def scale(args) -> None:
                   env=our_env(args.pg, database), cwd=ROOT)
             warm_up(target, args.stations, args.slots, args.occupancy)
             analyze(args.pg, database)
-        for round_number in range(1, args.rounds + 1):
-            order = targets if round_number % 2 else targets[::-1]
-            print(f"round {round_number} (one client, {args.round_seconds:.0f} s each, {order[0][0].name} first)")
-            for target, _ in order:
-                body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(round_number))
-                result = drive(target, body, clients=1, seconds=args.round_seconds)
-                results[target.name].append(result)
-                print_round(result)
+        autovacuum = Autovacuum(args.pg, [database for _, database in targets])
+        print(autovacuum.describe())
+        with autovacuum:
+            for round_number in range(1, args.rounds + 1):
+                order = targets if round_number % 2 else targets[::-1]
+                print(f"round {round_number} (one client, {args.round_seconds:.0f} s each, {order[0][0].name} first)")
+                for target, _ in order:
+                    body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(round_number))
+                    result = drive(target, body, clients=1, seconds=args.round_seconds)
+                    results[target.name].append(result)
+                    print_round(result)
     finally:
         for target, _ in targets:
             stop(target)
@@ -835,7 +904,10 @@ def soak(args) -> None:
         thread = threading.Thread(target=renter)
         thread.start()
         print(f"soak: {args.minutes:g} min, {args.clients} senders, {args.stations} station(s) x {args.slots} slots")
-        result = drive(target, make_body, clients=args.clients, seconds=args.minutes * 60)
+        autovacuum = Autovacuum(args.pg, [database])
+        print(autovacuum.describe())
+        with autovacuum:
+            result = drive(target, make_body, clients=args.clients, seconds=args.minutes * 60)
         stop_renting.set()
         thread.join()
     finally:
@@ -860,13 +932,14 @@ def main() -> None:
     parser.add_argument("--pg", default=os.environ.get("BENCH_PG", PG_DEFAULT), help="PostgreSQL server URL without a database")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2, help="threads per gunicorn worker (gthread), both sides")
     parser.add_argument("--stations", type=int, default=200)
     parser.add_argument("--slots", type=int, default=24)
     parser.add_argument("--occupancy", type=float, default=0.7)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--round-seconds", type=float, default=15)
+    parser.add_argument("--fixed-seconds", type=float, default=60, help="length of compare's fixed-rate phase")
     parser.add_argument("--big-stations", type=int, default=10_000)
     parser.add_argument("--target-multiple", type=float, default=6.0, help="fixed-rate phase: this many times the seed")
     sub = parser.add_subparsers(dest="command", required=True)

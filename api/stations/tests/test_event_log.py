@@ -11,11 +11,11 @@ import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from io import StringIO
-from unittest import mock
+from unittest import mock, skipUnless
 
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import OperationalError
+from django.db import OperationalError, connection
 from django.test import TestCase, TransactionTestCase, override_settings
 from django.utils import timezone
 
@@ -552,3 +552,43 @@ class PruneCommandTests(TestCase):
     def test_negative_days_are_refused(self):
         with self.assertRaises(CommandError):
             self.prune("--days", "-1")
+
+
+class EventLogIndexTests(TestCase):
+    """
+    Every message inserts an event row and updates it once (a non-HOT update on PostgreSQL:
+    `outcome` is indexed), so each index on the table is written twice per message. Pinned:
+    the indexes the lookups need and no more.
+    """
+
+    def indexes(self) -> dict[str, dict]:
+        with connection.cursor() as cursor:
+            constraints = connection.introspection.get_constraints(cursor, IoTEvent._meta.db_table)
+        return {name: info for name, info in constraints.items() if info["index"] or info["primary_key"]}
+
+    def test_no_two_indexes_cover_the_same_columns(self):
+        # Before: `db_index=True` on station_serial gave PostgreSQL a second, LIKE-only
+        # index on the same column, which no lookup of the project uses.
+        columns = sorted(tuple(info["columns"]) for info in self.indexes().values())
+        self.assertEqual(len(columns), len(set(columns)), columns)
+        self.assertEqual(
+            set(columns),
+            {
+                ("id",),
+                ("received_at",),
+                ("outcome", "received_at"),
+                ("station_serial",),
+                ("body_sha256",),
+                ("duplicate_of_id",),
+            },
+        )
+
+    @skipUnless(connection.vendor == "postgresql", "partial indexes as PostgreSQL reports them")
+    def test_the_duplicates_index_leaves_out_first_deliveries(self):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexname = %s",
+                [IoTEvent._meta.db_table, "iot_event_duplicate_of_idx"],
+            )
+            (definition,) = cursor.fetchone()
+        self.assertIn("WHERE (duplicate_of_id IS NOT NULL)", definition)
