@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from api.stations.models import IoTEvent, IoTEventOutcome
 from api.stations.services.schemas import parse_message
-from api.stations.services.station_sync_service import StationSyncService
+from api.stations.services.station_sync_service import Outcome, StationSyncService
 from main_app import sql
 from main_app.exceptions import ApiError, InvalidJson
 
@@ -276,13 +276,13 @@ def _apply_once(delivery: Delivery, message, service: StationSyncService) -> tup
     No lock is taken on the event row up front (that would be a round trip per message):
     identical bodies in flight at once both lock their station, so they run one after the
     other, and the guarded outcome write lets only the first one commit. The second rolls
-    back and answers what the first did (`_SettledMeanwhile`).
+    back and answers what the first did (`_SettledMeanwhile`). An applied full sync sends
+    the outcome write with its own last statement; other messages are followed by it.
     """
-    outcome = service.process(message)
-    body = _envelope(outcome.message, outcome.data)
-    written = sql.fetch(
-        _PROCESSED_SQL,
-        [
+
+    def record(outcome: Outcome) -> tuple[str, list]:
+        body = _envelope(outcome.message, outcome.data)
+        return _PROCESSED_SQL, [
             (IoTEventOutcome.PROCESSED if outcome.applied else IoTEventOutcome.STALE).value,
             200,
             _as_text(body),
@@ -290,10 +290,13 @@ def _apply_once(delivery: Delivery, message, service: StationSyncService) -> tup
             _elapsed_ms(delivery),
             delivery.primary_id,
             *(settled.value for settled in SETTLED),
-        ],
-    )
+        ]
+
+    outcome = service.process(message, record=record)
+    written = outcome.recorded if outcome.recorded is not None else bool(sql.fetch(*record(outcome)))
     if not written:
         raise _SettledMeanwhile
+    body = _envelope(outcome.message, outcome.data)
     # The primary row of this delivery now holds the answer: nothing left to write.
     delivery.recorded = delivery.primary_id == delivery.event.pk
     return 200, body

@@ -15,7 +15,8 @@ each other in a cycle. The queries:
     5. UPDATE slots left empty by those banks to AVAILABLE   (only if there are any)
     6. UPDATE the rentals closed as lost returns            (only if there are any)
     7. INSERT .. ON CONFLICT DO UPDATE every reported slot, then every reported bank into
-       its slot, and UPDATE the station: one statement on PostgreSQL, three elsewhere
+       its slot, and UPDATE the station (and the caller's last write, if it gave one): one
+       statement on PostgreSQL, three or four elsewhere
     8. INSERT a status-history row                          (only if the status changed)
 
 Step 4 before step 7 is what lets two banks swap slots in one snapshot: a slot never
@@ -23,6 +24,7 @@ holds two banks, not even for the duration of one statement.
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -74,6 +76,8 @@ class FullSyncResult:
     powerbanks_updated: int = 0
     offline_returns: list[Rental] = field(default_factory=list)
     detached: list[str] = field(default_factory=list)
+    # The rows returned by the caller's `last_write`, when it gave one and the sync applied.
+    last_rows: list[tuple] | None = None
 
     def as_response(self, *, now: datetime) -> dict:
         return {
@@ -206,8 +210,20 @@ def _lock_banks(station: Station, *, serials: list[str]) -> list[tuple]:
     )
 
 
-def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) -> FullSyncResult:
-    """Apply a full sync. The caller provides the transaction."""
+def apply_full_sync(
+    message: FullSyncMessage,
+    *,
+    now: datetime | None = None,
+    last_write: Callable[[FullSyncResult], tuple[str, list]] | None = None,
+) -> FullSyncResult:
+    """
+    Apply a full sync. The caller provides the transaction.
+
+    `last_write`, if given, is called with the result once it is known and returns one more
+    write (SQL with a RETURNING clause, and its parameters) for the caller's own rows: it
+    travels in the sync's last statement, and the rows it returns come back in
+    `result.last_rows`. A stale sync writes nothing and does not call it.
+    """
     now = now or timezone.now()
     device = message.device
     slots, banks = _merge_reports(message)
@@ -299,9 +315,18 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
         + [sql.db_value(Station._meta.pk, station.pk)],
     )
 
+    result = FullSyncResult(
+        station=station,
+        applied=True,
+        slots_updated=len(slots),
+        powerbanks_updated=len(banks),
+        offline_returns=closed,
+        detached=detached,
+    )
+
     # ...written with the slots and the banks, in one statement on PostgreSQL.
     # Model and capacity are operator-owned and never written here.
-    upsert_slots_and_banks(
+    result.last_rows = upsert_slots_and_banks(
         station.pk,
         [
             SlotRow(number, state.status, state.battery_level, state.metadata)
@@ -313,17 +338,11 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
         ],
         now=now,
         along_with=station_update,
+        last=last_write(result) if last_write is not None else None,
     )
 
     # 8. Its status history, when the status changed.
     if history is not None:
         history.save()
 
-    return FullSyncResult(
-        station=station,
-        applied=True,
-        slots_updated=len(slots),
-        powerbanks_updated=len(banks),
-        offline_returns=closed,
-        detached=detached,
-    )
+    return result

@@ -8,13 +8,14 @@ Each public method runs in a transaction of its own, or joins the caller's (with
 savepoint: the endpoint's transaction already covers the whole message).
 """
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from api.stations.services.full_sync import apply_full_sync
+from api.stations.services.full_sync import FullSyncResult, apply_full_sync
 from api.stations.services.returns import apply_return
 from api.stations.services.schemas import (
     FullSyncMessage,
@@ -26,13 +27,31 @@ from api.stations.services.status import apply_status
 from main_app.exceptions import InvalidType
 
 
+def _full_outcome(result: FullSyncResult, *, now) -> "Outcome":
+    text = (
+        "Station data updated successfully"
+        if result.applied
+        else "Out-of-date full sync recorded but not applied"
+    )
+    return Outcome(result.applied, text, result.as_response(now=now))
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What processing a message did: `applied` is False for a stale message."""
+    """
+    What processing a message did: `applied` is False for a stale message. `recorded` says
+    whether the caller's `record` write (see `StationSyncService.process`) returned a row;
+    None when it was not made.
+    """
 
     applied: bool
     message: str
     data: dict
+    recorded: bool | None = None
+
+
+# The caller's write of an outcome: SQL with a RETURNING clause, and its parameters.
+Record = Callable[[Outcome], tuple[str, list]]
 
 
 def _as(message_class, type_name: str, data):
@@ -56,25 +75,37 @@ class StationSyncService:
     def process_status_event(self, data: dict[str, Any] | StatusMessage) -> dict[str, Any]:
         return self.process(_as(StatusMessage, "status", data)).data
 
-    def process(self, message: FullSyncMessage | ReturnMessage | StatusMessage) -> Outcome:
-        handler = {
-            FullSyncMessage: self._full,
-            ReturnMessage: self._returned,
-            StatusMessage: self._status,
-        }[type(message)]
+    def process(
+        self, message: FullSyncMessage | ReturnMessage | StatusMessage, *, record: Record | None = None
+    ) -> Outcome:
+        """
+        Apply `message`. `record`, if given, turns the outcome into one more write of the
+        caller's (the event log's answer), which an applied full sync sends with its last
+        statement, a round trip saved; `Outcome.recorded` then says whether it wrote a row.
+        Other messages leave `recorded` None and the caller writes the answer itself.
+        """
         with transaction.atomic(savepoint=False):
-            return handler(message)
+            if isinstance(message, FullSyncMessage):
+                return self._full(message, record=record)
+            if isinstance(message, ReturnMessage):
+                return self._returned(message)
+            if isinstance(message, StatusMessage):
+                return self._status(message)
+            raise TypeError(f"Not a message: {type(message).__name__}")
 
     @staticmethod
-    def _full(message: FullSyncMessage) -> Outcome:
+    def _full(message: FullSyncMessage, *, record: Record | None = None) -> Outcome:
         now = timezone.now()
-        result = apply_full_sync(message, now=now)
-        text = (
-            "Station data updated successfully"
-            if result.applied
-            else "Out-of-date full sync recorded but not applied"
-        )
-        return Outcome(result.applied, text, result.as_response(now=now))
+        written: list[Outcome] = []
+
+        def last_write(result: FullSyncResult) -> tuple[str, list]:
+            written.append(_full_outcome(result, now=now))
+            return record(written[0])
+
+        result = apply_full_sync(message, now=now, last_write=last_write if record else None)
+        if result.last_rows is None:
+            return _full_outcome(result, now=now)
+        return replace(written[0], recorded=bool(result.last_rows))
 
     @staticmethod
     def _returned(message: ReturnMessage) -> Outcome:

@@ -6,7 +6,7 @@ On PostgreSQL they are one statement: the rows travel as JSON documents unpacked
 `jsonb_to_recordset` (the database parses them in C, where the ORM's `bulk_create` builds
 a model instance and quotes every value of every row in Python, the largest cost of a full
 sync when first profiled), the slots' upsert is a data-modifying WITH clause whose RETURNING
-gives the banks their slot ids, and one more write of the caller can ride along. Other
+gives the banks their slot ids, and two more writes of the caller can ride along. Other
 databases (SQLite in development) use `bulk_create` twice. Both paths run the whole test
 suite in CI; docs/performance.md has the figures.
 """
@@ -51,7 +51,7 @@ def _json(rows: Iterable) -> str:
 
 _SLOTS = StationSlot._meta.db_table
 _BANKS = PowerBank._meta.db_table
-_UPSERT_SQL = f"""
+_SLOTS_CTE = f"""
     slots AS (
         INSERT INTO {_SLOTS} (station_id, slot_number, status, battery_level, slot_metadata, updated_at)
         SELECT %s, r.slot_number, r.status, r.battery_level, r.slot_metadata, %s
@@ -64,6 +64,8 @@ _UPSERT_SQL = f"""
             updated_at = EXCLUDED.updated_at
         RETURNING slot_number, id
     )
+"""
+_BANKS_INSERT = f"""
     INSERT INTO {_BANKS} (serial_number, model, capacity_mah, status, battery_level, hardware_info,
                           current_station_id, current_slot_id, created_at, updated_at)
     SELECT r.serial_number, '', NULL, r.status, r.battery_level, r.hardware_info,
@@ -88,7 +90,8 @@ def upsert_slots_and_banks(
     *,
     now: datetime,
     along_with: tuple[str, list] | None = None,
-) -> None:
+    last: tuple[str, list] | None = None,
+) -> list[tuple] | None:
     """
     Insert or update the station's reported slots, then the reported banks, each at this
     station in its slot (if any). The caller has taken every bank that moves or leaves out
@@ -96,23 +99,36 @@ def upsert_slots_and_banks(
 
     Model and capacity are operator-owned: new banks get them blank, existing banks keep them.
 
-    `along_with` is one more write (SQL and parameters, no RETURNING) for rows these do not
-    touch: on PostgreSQL it travels in the same statement, as another WITH clause.
+    `along_with` is one more write (SQL and parameters, no RETURNING) and `last` one more
+    with a RETURNING clause, whose rows are returned (None without `last`); both for rows
+    these do not touch. On PostgreSQL they travel in the same statement, as WITH clauses.
     """
     if connection.vendor != "postgresql":
         _bulk_upsert(station_id, slots, banks, now=now)
-        if along_with is not None:
-            with connection.cursor() as cursor:
+        with connection.cursor() as cursor:
+            if along_with is not None:
                 cursor.execute(*along_with)
-        return
-    prefix, params = "WITH ", []
+            if last is None:
+                return None
+            cursor.execute(*last)
+            return cursor.fetchall()
+    clauses, params = [], []
     if along_with is not None:
-        prefix, params = f"WITH along_with AS ({along_with[0]}), ", list(along_with[1])
+        clauses.append(f"along_with AS ({along_with[0]})")
+        params += along_with[1]
+    if last is not None:
+        clauses.append(f"last AS ({last[0]})")
+        params += last[1]
+    clauses.append(_SLOTS_CTE)
+    params += [station_id, now, _json(slots)]
+    banks_params = [station_id, now, now, _json(banks)]
     with connection.cursor() as cursor:
-        cursor.execute(
-            prefix + _UPSERT_SQL,
-            [*params, station_id, now, _json(slots), station_id, now, now, _json(banks)],
-        )
+        if last is None:
+            cursor.execute(f"WITH {', '.join(clauses)} {_BANKS_INSERT}", [*params, *banks_params])
+            return None
+        clauses.append(f"banks AS ({_BANKS_INSERT})")
+        cursor.execute(f"WITH {', '.join(clauses)} SELECT * FROM last", [*params, *banks_params])
+        return cursor.fetchall()
 
 
 def _bulk_upsert(station_id, slots: list[SlotRow], banks: list[BankRow], *, now: datetime) -> None:

@@ -77,11 +77,11 @@ def service_failing_first(exc: Exception):
     original = StationSyncService.process
     calls = []
 
-    def process(self, message):
+    def process(self, message, **options):
         calls.append(message)
         if len(calls) == 1:
             raise exc
-        return original(self, message)
+        return original(self, message, **options)
 
     return mock.patch.object(StationSyncService, "process", process)
 
@@ -592,3 +592,37 @@ class EventLogIndexTests(TestCase):
             )
             (definition,) = cursor.fetchone()
         self.assertIn("WHERE (duplicate_of_id IS NOT NULL)", definition)
+
+
+class EndpointQueryCountTests(EventLogTestCase):
+    """
+    A full sync through the endpoint, everything included, for an existing station whose
+    banks stay in their slots with new battery levels: the event-log INSERT, the token's
+    user (read on every request under the test runners, cached for 10 s otherwise), the
+    station's lock, the banks' lock, then the slots, the banks, the station and the
+    event's outcome, which are one statement on PostgreSQL and four elsewhere. The same
+    whatever the slot count. Inside a TestCase the transaction is a savepoint and shows as
+    two more queries (SAVEPOINT, RELEASE); in production it is BEGIN and COMMIT.
+    """
+
+    def expected(self) -> int:
+        return 7 if connection.vendor == "postgresql" else 10
+
+    def test_a_full_sync_costs_the_same_queries_for_4_24_and_48_slots(self):
+        for slots in (4, 24, 48):
+            with self.subTest(slots=slots):
+                serial = f"86460106990{slots:04d}"
+                banks = {n: (f"{slots}{n:06d}", 80) for n in range(1, slots + 1) if n % 4}
+                first = full_payload(serial, banks=banks, total_slots=slots, timestamp=self.now - 60)
+                self.assertEqual(self.sender.post(compact(first)).status_code, 200)
+                again = {n: (bank, 90) for n, (bank, _) in banks.items()}
+                body = compact(full_payload(serial, banks=again, total_slots=slots, timestamp=self.now))
+
+                with self.assertNumQueries(self.expected()):
+                    response = self.sender.post(body)
+
+                self.assertEqual(response.status_code, 200, response.content)
+                event = IoTEvent.objects.get(body_sha256=sha256(body))
+                self.assertEqual(event.outcome, IoTEventOutcome.PROCESSED)
+                self.assertEqual(event.response_data, response.json())
+                self.assertEqual(event.attempts, 1)
