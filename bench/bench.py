@@ -116,25 +116,21 @@ def full_sync_bodies(stations: int, slots: int, occupancy: float, rng: random.Ra
     Request n: a fresh full sync of station n % stations, as `full_sync` builds it: new
     battery levels, temperatures, error flags and signal strength, and the current time.
 
-    Each station's message is built once and refreshed in place, then encoded with orjson:
-    the load generator shares the two cores with the servers it measures, so the less CPU
-    it takes per request, the less it holds back the faster server (both get the same
-    bytes-for-bytes format either way).
+    Each station's message is built here, before any request is timed, and refreshed in
+    place for every request, then encoded with orjson: the load generator shares the two
+    cores with the servers it measures, so the less CPU it takes per request, the less it
+    holds back the faster server (both get the same bytes-for-bytes format either way).
     """
     import orjson  # here: the seed's virtualenv imports this module too, without orjson
 
-    messages: dict[int, dict] = {}
+    built = int(time.time())
+    messages = {index: full_sync(index, slots, occupancy, rng, built) for index in range(stations)}
     lock = threading.Lock()
 
     def body(n: int) -> bytes:
-        index = n % stations
-        timestamp = int(time.time())
+        message = messages[n % stations]
         with lock:
-            message = messages.get(index)
-            if message is None:
-                message = messages[index] = full_sync(index, slots, occupancy, rng, timestamp)
-            else:
-                _refresh(message, rng, timestamp)
+            _refresh(message, rng, int(time.time()))
             return orjson.dumps(message)
 
     return body

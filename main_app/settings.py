@@ -144,7 +144,10 @@ if DATABASES["default"].get("ENGINE") not in (
     )
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    DATABASES["default"]["CONN_MAX_AGE"] = _read("DATABASE_CONN_MAX_AGE", "int", 60)
+    # Reconnecting costs a new server process and the prepared statements of the hot path;
+    # with a connection per worker thread, a short age means a reconnect every few seconds
+    # somewhere (docs/performance.md).
+    DATABASES["default"]["CONN_MAX_AGE"] = _read("DATABASE_CONN_MAX_AGE", "int", 600)
     # Off by default: the check is an extra round trip (SELECT 1) at the start of every
     # request. Without it, the first request on a connection the server dropped fails with
     # 503 and the sender's retry gets a fresh connection.
