@@ -196,6 +196,20 @@ class RoundResult:
     def pct(self, q: float) -> float:
         return percentile(self.latencies, q)
 
+    def after(self, seconds: float) -> RoundResult:
+        """The requests due from `seconds` on (a fixed-rate run's ramp left out); errors kept."""
+        kept = [(due - seconds, latency) for due, latency in zip(self.due, self.latencies, strict=True) if due >= seconds]
+        statuses = {status: count for status, count in self.statuses.items() if status != 200}
+        statuses[200] = len(kept)
+        return RoundResult(
+            self.target,
+            self.seconds - seconds,
+            [latency for _, latency in kept],
+            self.errors,
+            statuses,
+            [due for due, _ in kept],
+        )
+
     def windows(self, seconds: float) -> list[float]:
         """p99 (ms) of the requests due in each consecutive `seconds` of a fixed-rate run."""
         buckets: dict[int, list[float]] = {}
@@ -224,14 +238,23 @@ def drive(
     """
     result = RoundResult(target.name, seconds)
     lock = threading.Lock()
-    begin = time.perf_counter()
-    deadline = begin + seconds
     counter = iter(range(10**9))
+    clock = {}
+
+    def start_clock():
+        clock["begin"] = time.perf_counter()
+
+    # The schedule starts once every client thread is running, not while the last ones are
+    # still being started (their first requests would be counted late).
+    ready = threading.Barrier(clients, action=start_clock)
 
     def client(worker: int):
         connection = http.client.HTTPConnection("127.0.0.1", target.port, timeout=15)
         latencies, statuses, errors, dues = [], {}, 0, []
         sent = 0
+        ready.wait()
+        begin = clock["begin"]
+        deadline = begin + seconds
         while time.perf_counter() < deadline:
             with lock:
                 n = next(counter)
@@ -624,9 +647,14 @@ def compare(args) -> None:
             seed_rate = sum(len(r.latencies) for r in results["seed"]) / sum(r.seconds for r in results["seed"])
             target_rate = args.target_multiple * seed_rate
             print(f"fixed rate: ours at {args.target_multiple:g} x the seed's {seed_rate:.1f}/s = {target_rate:.1f}/s "
-                  f"for {args.fixed_seconds:.0f} s (latency counted from when each request was due)")
+                  f"for {args.fixed_seconds:.0f} s after a {args.ramp_seconds:g}-s ramp at the same rate, not counted "
+                  f"(latency counted from when each request was due)")
             body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(99))
-            fixed = drive(ours, body, clients=args.clients, seconds=args.fixed_seconds, rate=target_rate)
+            # A short ramp at the same rate first, not counted: the server has just been idle
+            # for the seed's round and every client connection is new.
+            ramp = args.ramp_seconds
+            fixed = drive(ours, body, clients=args.clients, seconds=ramp + args.fixed_seconds, rate=target_rate)
+            fixed = fixed.after(ramp)
             print_round(fixed)
             window = args.round_seconds
             print(f"  p99 of each {window:.0f} s of it (ms): " + "  ".join(f"{p99:.1f}" for p99 in fixed.windows(window)))
@@ -940,6 +968,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--round-seconds", type=float, default=15)
     parser.add_argument("--fixed-seconds", type=float, default=60, help="length of compare's fixed-rate phase")
+    parser.add_argument("--ramp-seconds", type=float, default=2, help="uncounted start of the fixed-rate phase")
     parser.add_argument("--big-stations", type=int, default=10_000)
     parser.add_argument("--target-multiple", type=float, default=6.0, help="fixed-rate phase: this many times the seed")
     sub = parser.add_subparsers(dest="command", required=True)
