@@ -9,6 +9,7 @@ keep-alive clients) in alternating A/B rounds, and are reported side by side:
     .venv/bin/python bench/bench.py compare            # throughput, latency, queries, memory
     .venv/bin/python bench/bench.py scale              # empty database vs 10,000 stations
     .venv/bin/python bench/bench.py soak --minutes 3   # mixed traffic, then invariants
+    .venv/bin/python bench/bench.py fixed --rate 170   # ours alone at a fixed rate (--set NAME=VALUE)
 
 The seed baseline is run from ../shared/reference/seed_baseline (never copied here) with its
 own virtualenv (created in /tmp/seedenv when missing, as its README describes). Requests go
@@ -685,6 +686,39 @@ def compare(args) -> None:
     )
 
 
+def fixed(args) -> None:
+    """
+    Ours alone at a fixed rate, for trying one setting against another: p50 and p99 over the
+    run, per 15 s and per second. `--set NAME=VALUE` passes a setting to the server's
+    environment (e.g. DATABASE_CONN_MAX_AGE=60); `--threads` and `--ramp-seconds` apply.
+    """
+    print(f"machine: {machine()}")
+    print(f"command: {shlex.join(sys.argv)}")
+    database = "bench_fixed"
+    target = Target("ours", args.port + 5, prepare_ours(args.pg, database))
+    env = our_env(args.pg, database)
+    env.update(item.split("=", 1) for item in args.set)
+    start(target, gunicorn_command(OUR_PYTHON, target.port, args.workers, args.threads), env=env, cwd=ROOT)
+    try:
+        warm_up(target, args.stations, args.slots, args.occupancy)
+        analyze(args.pg, database)
+        autovacuum = Autovacuum(args.pg, [database])
+        print(autovacuum.describe())
+        body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(99))
+        with autovacuum:
+            result = drive(
+                target, body, clients=args.clients, seconds=args.ramp_seconds + args.seconds, rate=args.rate
+            )
+    finally:
+        stop(target)
+    result = result.after(args.ramp_seconds)
+    print(f"{args.rate:g}/s for {args.seconds:g} s after a {args.ramp_seconds:g}-s ramp, not counted; "
+          f"gunicorn gthread {args.workers} workers x {args.threads} thread(s); set: {' '.join(args.set) or '-'}")
+    print_round(result)
+    print("  p99 of each 15 s (ms): " + "  ".join(f"{p99:.1f}" for p99 in result.windows(15)))
+    print("  p99 of each second (ms): " + " ".join(f"{p99:.0f}" for p99 in result.windows(1)))
+
+
 BIG_FLEET_SQL = """
 INSERT INTO stations_station (id, serial_number, imei, station_name, address, latitude, longitude, total_slots,
     status, hardware_info, firmware_version, signal_strength, wifi_ssid, last_heartbeat, device_state_at,
@@ -974,11 +1008,16 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("compare", help="throughput and latency, ours against the seed")
     sub.add_parser("scale", help="latency on an empty database against 10,000 stations / 200,000 banks")
+    fixed_parser = sub.add_parser("fixed", help="ours alone at a fixed rate, to try one setting against another")
+    fixed_parser.add_argument("--rate", type=float, required=True, help="full syncs per second offered")
+    fixed_parser.add_argument("--seconds", type=float, default=30)
+    fixed_parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                              help="an environment setting for the server (repeatable)")
     soak_parser = sub.add_parser("soak", help="mixed traffic and rentals for a few minutes, then invariants")
     soak_parser.add_argument("--minutes", type=float, default=3)
     soak_parser.add_argument("--rental-interval", type=float, default=0.2, help="seconds between rentals")
     args = parser.parse_args()
-    {"compare": compare, "scale": scale, "soak": soak}[args.command](args)
+    {"compare": compare, "scale": scale, "soak": soak, "fixed": fixed}[args.command](args)
 
 
 if __name__ == "__main__":
