@@ -10,6 +10,7 @@ savepoint: the endpoint's transaction already covers the whole message).
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -25,15 +26,6 @@ from api.stations.services.schemas import (
 )
 from api.stations.services.status import apply_status
 from main_app.exceptions import InvalidType
-
-
-def _full_outcome(result: FullSyncResult, *, now) -> "Outcome":
-    text = (
-        "Station data updated successfully"
-        if result.applied
-        else "Out-of-date full sync recorded but not applied"
-    )
-    return Outcome(result.applied, text, result.as_response(now=now))
 
 
 @dataclass(frozen=True)
@@ -52,6 +44,15 @@ class Outcome:
 
 # The caller's write of an outcome: SQL with a RETURNING clause, and its parameters.
 Record = Callable[[Outcome], tuple[str, list]]
+
+
+def _full_outcome(result: FullSyncResult, *, now: datetime) -> Outcome:
+    text = (
+        "Station data updated successfully"
+        if result.applied
+        else "Out-of-date full sync recorded but not applied"
+    )
+    return Outcome(result.applied, text, result.as_response(now=now))
 
 
 def _as(message_class, type_name: str, data):
@@ -96,16 +97,15 @@ class StationSyncService:
     @staticmethod
     def _full(message: FullSyncMessage, *, record: Record | None = None) -> Outcome:
         now = timezone.now()
-        written: list[Outcome] = []
 
         def last_write(result: FullSyncResult) -> tuple[str, list]:
-            written.append(_full_outcome(result, now=now))
-            return record(written[0])
+            return record(_full_outcome(result, now=now))
 
         result = apply_full_sync(message, now=now, last_write=last_write if record else None)
+        outcome = _full_outcome(result, now=now)
         if result.last_rows is None:
-            return _full_outcome(result, now=now)
-        return replace(written[0], recorded=bool(result.last_rows))
+            return outcome
+        return replace(outcome, recorded=bool(result.last_rows))
 
     @staticmethod
     def _returned(message: ReturnMessage) -> Outcome:
