@@ -187,7 +187,7 @@ class RoundResult:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     statuses: dict = field(default_factory=dict)
-    # At a fixed rate: when each answered request was due, in seconds from the start.
+    # When each answered request was due (at a fixed rate) or sent, in seconds from the start.
     due: list[float] = field(default_factory=list)
 
     @property

@@ -253,7 +253,9 @@ class _SettledMeanwhile(Exception):
 _EVENT_TABLE = sql.quote(IoTEvent._meta.db_table)
 _ANSWER_SQL = f"SELECT outcome, http_status, response FROM {_EVENT_TABLE} WHERE id = %s"
 # Guarded: written only if no other delivery of the body settled it first. The row lock
-# this takes is the transaction's last, after the station's (every writer's order).
+# this takes comes after the station's, in the message's last write (an applied full
+# sync's slots-and-banks statement, or a statement of its own after the other messages),
+# and no other writer holds event rows while it waits for a station.
 # `error` keeps the text of an earlier failed attempt, for operators.
 _PROCESSED_SQL = (
     f"UPDATE {_EVENT_TABLE} SET outcome = %s, http_status = %s, response = %s, processed_at = %s, "
