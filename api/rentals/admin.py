@@ -20,10 +20,11 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from api.rentals.models import PaymentStatus, Rental, RentalPackage, RentalStatus
+from api.rentals.selectors import active_packages, overdue_rentals_q, past_due
 from api.rentals.services.rental_service import RentalService
-from api.stations.admin import ADMIN_MEDIA_CSS, admin_link, badge, choice_badge
 from api.stations.models import PowerBank
-from api.stations.services.dashboard import overdue_rentals_q, rentable_power_banks_q
+from api.stations.selectors import rentable_power_banks, rentable_power_banks_q
+from main_app.admin_display import ADMIN_MEDIA_CSS, admin_link, badge, choice_badge
 from main_app.admin_filters import ConditionFilter
 from main_app.exceptions import Conflict
 
@@ -110,10 +111,8 @@ class StartRentalForm(forms.Form):
         # A search box, not a <select> of every bank in the fleet. (The widget first: setting
         # the queryset hands the choices to the widget.)
         bank_field.widget = BankPicker(Rental._meta.get_field("power_bank"), admin_site)
-        bank_field.queryset = PowerBank.objects.filter(rentable_power_banks_q()).select_related(
-            "current_station", "current_slot"
-        )
-        self.fields["package"].queryset = RentalPackage.objects.filter(is_active=True)
+        bank_field.queryset = rentable_power_banks()
+        self.fields["package"].queryset = active_packages()
         if not self.is_bound:
             # Offer a sole package preselected rather than "---------".
             packages = list(self.fields["package"].queryset[:2])
@@ -222,7 +221,7 @@ class RentalAdmin(admin.ModelAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_display(self, rental):
-        if rental.status == RentalStatus.ACTIVE and rental.due_at < timezone.now():
+        if past_due(rental, timezone.now()):
             return format_html(
                 "{} {}",
                 choice_badge(rental.status, RentalStatus, RENTAL_STATUS_TONE),

@@ -7,21 +7,20 @@ changes through `services.stations.set_status_by_operator`, re-processing throug
 `services.events.reprocess`, rentals through `RentalService` (see api/rentals/admin.py).
 """
 
-import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.validators import RegexValidator
-from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Coalesce, NullIf
+from django.db.models import Q
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
+from api.rentals.selectors import recent_rentals_of_bank
 from api.stations.models import (
     IoTEvent,
     IoTEventOutcome,
@@ -29,31 +28,32 @@ from api.stations.models import (
     PowerBankStatus,
     SlotStatus,
     Station,
-    StationSlot,
     StationStatus,
     StationStatusHistory,
 )
-from api.stations.services import events as event_service
-from api.stations.services.dashboard import (
+from api.stations.selectors import (
+    CHARGED_BATTERY_LEVEL,
+    banks_by_slot,
     failed_events_q,
     heartbeat_cutoff,
     placement_pending_q,
+    recent_events_of_station,
+    recent_status_history,
     rentable_power_banks_q,
+    station_by_serial,
+    with_slot_counts,
 )
+from api.stations.services import events as event_service
 from api.stations.services.stations import set_status_by_operator
+from main_app.admin_display import ADMIN_MEDIA_CSS, admin_link, age, choice_badge, duration, pre, pretty_json
 from main_app.admin_filters import ConditionFilter
 
-# A bank at or above this battery level counts as charged (ready to hand out).
-CHARGED_BATTERY_LEVEL = 80
 RECENT_ROWS = 20
 # Re-processing runs each body through the full pipeline inside the request: more than
 # this belongs to `manage.py reprocess_iot_events`.
 MAX_REPROCESS_PER_ACTION = 100
 
-ADMIN_MEDIA_CSS = {"all": ["stations/admin.css"]}
-
-
-# --- Small display helpers (also used by api/rentals/admin.py) -----------------------------
+# --- Display: tones of the stations app's choices ---------------------------------------------
 
 STATION_STATUS_TONE = {
     StationStatus.ONLINE: "ok",
@@ -74,62 +74,6 @@ OUTCOME_TONE = {
     IoTEventOutcome.REJECTED: "warn",
     IoTEventOutcome.FAILED: "bad",
 }
-
-
-def badge(label, tone: str):
-    return format_html('<span class="cg-badge cg-badge--{}">{}</span>', tone, label)
-
-
-def choice_badge(value: str, choices, tones: dict):
-    if not value:
-        return "-"
-    return badge(choices(value).label if value in choices.values else value, tones.get(value, "muted"))
-
-
-def age(moment: datetime | None, *, now: datetime | None = None) -> str:
-    """'3 min ago' style, coarse on purpose: operators scan it, they do not compute with it."""
-    if moment is None:
-        return "never"
-    seconds = int(((now or timezone.now()) - moment).total_seconds())
-    if seconds < 0:
-        return "in the future"
-    if seconds < 60:
-        return f"{seconds} s ago"
-    if seconds < 3600:
-        return f"{seconds // 60} min ago"
-    if seconds < 48 * 3600:
-        return f"{seconds // 3600} h ago"
-    return f"{seconds // 86400} days ago"
-
-
-def duration(seconds: int | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = seconds // 60
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
-
-
-def pretty_json(value) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
-
-
-def pre(text: str):
-    return format_html('<pre class="cg-pre">{}</pre>', text) if text else "-"
-
-
-def admin_link(obj, text=None):
-    if obj is None:
-        return "-"
-    url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
-    return format_html('<a href="{}">{}</a>', url, text if text is not None else obj)
 
 
 def battery_meter(level: int | None):
@@ -194,36 +138,6 @@ class StationForm(forms.ModelForm):
         value = self.cleaned_data["serial_number"]
         serial_validator(value)
         return value
-
-
-def _slot_count_subquery():
-    slots = StationSlot.objects.filter(station=OuterRef("pk")).order_by().values("station")
-    return Subquery(slots.annotate(n=Count("pk")).values("n"), output_field=IntegerField())
-
-
-def _bank_count_subquery(condition: Q | None = None):
-    banks = (
-        PowerBank.objects.filter(current_station=OuterRef("pk"), current_slot__isnull=False)
-        .order_by()
-        .values("current_station")
-    )
-    return Subquery(banks.annotate(n=Count("pk", filter=condition)).values("n"), output_field=IntegerField())
-
-
-def with_slot_counts(queryset):
-    """
-    Annotate `slots_charged`, `slots_occupied` and `slots_total` (no query per row).
-
-    Correlated subqueries rather than a GROUP BY over joins: PostgreSQL evaluates them only
-    for the rows of the page it returns (after ORDER BY/LIMIT), while a grouped join would
-    aggregate every slot and bank of the fleet before paginating, and joining slots and
-    banks together would multiply the rows it counts.
-    """
-    return queryset.annotate(
-        slots_occupied=Coalesce(_bank_count_subquery(), Value(0)),
-        slots_charged=Coalesce(_bank_count_subquery(Q(battery_level__gte=CHARGED_BATTERY_LEVEL)), Value(0)),
-        slots_total=Coalesce(NullIf("total_slots", Value(0)), _slot_count_subquery(), Value(0)),
-    )
 
 
 DEVICE_FIELDS = (
@@ -342,7 +256,7 @@ class StationAdmin(admin.ModelAdmin):
                         "duration": duration(row.seconds_in_previous_status),
                         "trigger": row.get_trigger_display(),
                     }
-                    for row in obj.status_history.all()[:RECENT_ROWS]
+                    for row in recent_status_history(obj, RECENT_ROWS)
                 ],
                 recent_events=[
                     {
@@ -350,9 +264,7 @@ class StationAdmin(admin.ModelAdmin):
                         "url": reverse("admin:stations_iotevent_change", args=[event.pk]),
                         "outcome": choice_badge(event.outcome, IoTEventOutcome, OUTCOME_TONE),
                     }
-                    for event in IoTEvent.objects.filter(station_serial=obj.serial_number).only(
-                        "id", "received_at", "message_type", "outcome", "http_status", "duration_ms"
-                    )[:RECENT_ROWS]
+                    for event in recent_events_of_station(obj, RECENT_ROWS)
                 ],
                 all_events_url=reverse("admin:stations_iotevent_changelist")
                 + "?"
@@ -418,12 +330,7 @@ class StationAdmin(admin.ModelAdmin):
 def slot_cells(station: Station) -> list[dict]:
     """One cell per slot number 1..N for the slot map (two queries)."""
     slots = {slot.slot_number: slot for slot in station.slots.all()}
-    banks = {
-        bank.current_slot_id: bank
-        for bank in PowerBank.objects.filter(current_station=station, current_slot__isnull=False).only(
-            "id", "serial_number", "battery_level", "status", "current_slot_id"
-        )
-    }
+    banks = banks_by_slot(station)
     count = max([station.total_slots, *slots])
     cells = []
     for number in range(1, count + 1):
@@ -560,7 +467,7 @@ class PowerBankAdmin(admin.ModelAdmin):
 
     @admin.display(description="Recent rentals")
     def recent_rentals(self, bank):
-        rentals = list(bank.rentals.select_related("user").order_by("-started_at")[:10])
+        rentals = recent_rentals_of_bank(bank, 10)
         if not rentals:
             return "-"
         rows = format_html_join(
@@ -769,7 +676,7 @@ class IoTEventAdmin(admin.ModelAdmin):
     def station_link(self, event):
         if not event.station_serial:
             return "-"
-        station = Station.objects.filter(serial_number=event.station_serial).first()
+        station = station_by_serial(event.station_serial)
         if station is None:
             return event.station_serial
         return admin_link(station)

@@ -13,7 +13,6 @@ from django.urls import reverse
 from django.utils import timezone
 
 from api.rentals.models import Rental, RentalPackage, RentalStatus
-from api.stations.admin import CHARGED_BATTERY_LEVEL, age, duration
 from api.stations.models import (
     IoTEvent,
     IoTEventOutcome,
@@ -24,8 +23,9 @@ from api.stations.models import (
     StationStatusHistory,
     StatusTrigger,
 )
-from api.stations.services.dashboard import fleet_summary
+from api.stations.selectors import CHARGED_BATTERY_LEVEL
 from api.stations.services.station_sync_service import StationSyncService
+from api.stations.templatetags.fleet_admin import fleet_summary
 from api.stations.tests.factories import SLOT_ERROR_MESSAGE as CHINESE_ERROR
 from api.stations.tests.factories import (
     bank_serial,
@@ -35,6 +35,7 @@ from api.stations.tests.factories import (
     status_payload,
     with_faulty_first_slot,
 )
+from main_app.admin_display import age, duration
 
 
 def station_serial(n: int) -> str:

@@ -1,0 +1,56 @@
+"""
+Reads of rentals and packages, for the admin and the dashboard.
+
+Query conditions, querysets and counts; nothing here writes (every write goes through
+`RentalService`). This module reads the rentals app's own tables only, so the stations admin
+and the dashboard may import it without tying the apps in a loop.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Count, Q, QuerySet
+
+from api.rentals.models import OPEN_RENTAL_STATUSES, Rental, RentalPackage, RentalStatus
+
+
+def open_rentals_q() -> Q:
+    """The customer still holds the bank."""
+    return Q(status__in=OPEN_RENTAL_STATUSES)
+
+
+def overdue_rentals_q(now: datetime) -> Q:
+    """Marked OVERDUE, or still ACTIVE past the due time (the monitor has not run yet)."""
+    return Q(status=RentalStatus.OVERDUE) | Q(status=RentalStatus.ACTIVE, due_at__lt=now)
+
+
+def past_due(rental: Rental, now: datetime) -> bool:
+    """ACTIVE past the due time, not marked OVERDUE yet."""
+    return rental.status == RentalStatus.ACTIVE and rental.due_at < now
+
+
+def recent_rentals_of_bank(power_bank, limit: int) -> list[Rental]:
+    """The bank's latest rentals, newest first, with their customers."""
+    return list(
+        Rental.objects.filter(power_bank=power_bank).select_related("user").order_by("-started_at")[:limit]
+    )
+
+
+def active_packages() -> QuerySet[RentalPackage]:
+    return RentalPackage.objects.filter(is_active=True)
+
+
+@dataclass(frozen=True)
+class RentalFigures:
+    rentals_open: int
+    rentals_overdue: int
+
+
+def rental_figures(now: datetime) -> RentalFigures:
+    """Open and overdue rentals in one query."""
+    # Only open rentals are counted: the (status, due_at) index keeps this off the history.
+    counts = Rental.objects.filter(open_rentals_q()).aggregate(
+        open=Count("pk"),
+        overdue=Count("pk", filter=overdue_rentals_q(now)),
+    )
+    return RentalFigures(rentals_open=counts["open"], rentals_overdue=counts["overdue"])
