@@ -19,7 +19,8 @@ from api.rentals.models import (
 )
 from api.rentals.services.charges import Charges, compute_charges
 from api.rentals.signals import rental_completed
-from api.stations.models import PowerBank, PowerBankStatus, SlotStatus, Station, StationSlot
+from api.stations.models import PowerBank, PowerBankStatus, Station
+from api.stations.services.inventory import take_out_for_rental
 from main_app import sql
 from main_app.exceptions import Conflict
 
@@ -57,13 +58,6 @@ def charges_for(rental: Rental, ended_at: datetime) -> Charges:
     )
 
 
-def _send_completed(rental: Rental, *, offline_return: bool) -> None:
-    try:
-        rental_completed.send_robust(sender=Rental, rental=rental, offline_return=offline_return)
-    except Exception:  # pragma: no cover - send_robust already isolates receivers
-        logger.exception("rental_completed receivers failed for %s", rental.rental_code)
-
-
 def open_rentals_clause(serials: Iterable[str]) -> tuple[str, list]:
     """
     `FROM .. WHERE ..` of the open rentals (aliased `rental`) of the banks with these serials,
@@ -78,6 +72,36 @@ def open_rentals_clause(serials: Iterable[str]) -> tuple[str, list]:
         f"WHERE {serial_match} AND {status_match}",
         params + status_params,
     )
+
+
+def _complete(
+    rental: Rental, *, ended_at: datetime, return_station: Station, battery_level: int | None, now: datetime
+) -> Charges:
+    ended_at = min(max(ended_at, rental.started_at), max(now, rental.started_at))
+    charges = charges_for(rental, ended_at)
+    rental.status = RentalStatus.COMPLETED
+    rental.ended_at = ended_at
+    rental.return_station = return_station
+    rental.is_returned_on_time = charges.is_on_time
+    rental.base_amount = charges.base_amount
+    rental.overdue_amount = charges.overdue_amount
+    rental.payment_status = charges.payment_status
+    rental.return_battery_level = battery_level
+    rental.updated_at = now
+    return charges
+
+
+_COMPLETION_FIELDS = [
+    "status",
+    "ended_at",
+    "return_station",
+    "is_returned_on_time",
+    "base_amount",
+    "overdue_amount",
+    "payment_status",
+    "return_battery_level",
+    "updated_at",
+]
 
 
 class RentalService:
@@ -107,52 +131,38 @@ class RentalService:
         )
 
     @staticmethod
-    def complete(
-        rental: Rental,
+    def close_returned(
+        returns: list[tuple[Rental, int | None]],
         *,
         ended_at: datetime,
         return_station: Station,
-        battery_level: int | None,
+        offline_return: bool,
         now: datetime | None = None,
-    ) -> Charges:
+    ) -> list[Charges]:
         """
-        Close `rental` in memory: end time, return station, on-time flag, charges, payment.
+        Close each rental as returned at `return_station`, with the battery level its bank
+        came back with: end time, on-time flag, charges and payment status, in one UPDATE;
+        `rental_completed` is sent for each once the transaction commits.
 
         The end time is the moment the bank went back, kept between the rental's start and
-        `now`. The caller saves (one row or in bulk) and must hold the rental's row lock.
+        `now`. The caller holds the rentals' row locks (`open_rentals_for`).
         """
         now = now or timezone.now()
-        ended_at = min(max(ended_at, rental.started_at), max(now, rental.started_at))
-        charges = charges_for(rental, ended_at)
-        rental.status = RentalStatus.COMPLETED
-        rental.ended_at = ended_at
-        rental.return_station = return_station
-        rental.is_returned_on_time = charges.is_on_time
-        rental.base_amount = charges.base_amount
-        rental.overdue_amount = charges.overdue_amount
-        rental.payment_status = charges.payment_status
-        rental.return_battery_level = battery_level
-        return charges
-
-    COMPLETION_FIELDS = [
-        "status",
-        "ended_at",
-        "return_station",
-        "is_returned_on_time",
-        "base_amount",
-        "overdue_amount",
-        "payment_status",
-        "return_battery_level",
-        "updated_at",
-    ]
-
-    @classmethod
-    def announce_completed(cls, rentals: Iterable[Rental], *, offline_return: bool) -> None:
-        """Send `rental_completed` for each rental once the current transaction commits."""
+        charges = [
+            _complete(rental, ended_at=ended_at, return_station=return_station, battery_level=battery, now=now)
+            for rental, battery in returns
+        ]
+        rentals = [rental for rental, _ in returns]
+        Rental.objects.bulk_update(rentals, _COMPLETION_FIELDS)
         for rental in rentals:
+            # send_robust: a failing receiver (payments, notifications) is logged by Django
+            # and cannot undo a return that has been committed.
             transaction.on_commit(
-                lambda rental=rental: _send_completed(rental, offline_return=offline_return)
+                lambda rental=rental: rental_completed.send_robust(
+                    sender=Rental, rental=rental, offline_return=offline_return
+                )
             )
+        return charges
 
     @staticmethod
     @transaction.atomic
@@ -212,16 +222,7 @@ class RentalService:
                 continue  # a rental code collision: draw another
         else:  # pragma: no cover - 31^8 codes
             raise Conflict("Could not allocate a rental code.")
-        if bank.current_slot_id:
-            StationSlot.objects.filter(pk=bank.current_slot_id, status=SlotStatus.OCCUPIED).update(
-                status=SlotStatus.AVAILABLE, battery_level=0, updated_at=timezone.now()
-            )
-        PowerBank.objects.filter(pk=bank.pk).update(
-            status=PowerBankStatus.RENTED,
-            current_slot=None,
-            current_station=None,
-            updated_at=timezone.now(),
-        )
+        take_out_for_rental(bank, now=timezone.now())
         logger.info("Rental %s started for bank %s", rental.rental_code, bank.serial_number)
         return rental
 

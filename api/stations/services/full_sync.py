@@ -1,10 +1,12 @@
 """
-A full sync: the station's whole truth in one message (DESIGN rules 4, 5, 8, 9).
+A full sync: the station's whole truth in one message (docs/design.md, rules 4, 5, 8, 9).
 
-Set-based: the number of queries does not depend on the slot count. Every writer takes
-its locks in one order: its station, then rentals, then power banks, then slots. Messages
-for stations that trade banks (and operators starting rentals) therefore never wait on
-each other in a cycle. The queries:
+Every write a full sync makes is in this module: the station, its slots, the banks (moved
+here, detached, placed), the rentals closed as lost returns (through `RentalService`,
+which owns rental rows) and the status history. The number of queries does not depend on
+the slot count. Every writer takes its locks in one order: its station, then rentals,
+then power banks, then slots. Messages for stations that trade banks (and operators
+starting rentals) therefore never wait on each other in a cycle. The queries:
 
     1. SELECT the station FOR UPDATE, and whether a bank reported in a slot has an open
        rental (plus a SELECT, an INSERT and a second SELECT if the station is new)
@@ -15,26 +17,29 @@ each other in a cycle. The queries:
     5. UPDATE slots left empty by those banks to AVAILABLE   (only if there are any)
     6. UPDATE the rentals closed as lost returns            (only if there are any)
     7. INSERT .. ON CONFLICT DO UPDATE every reported slot, then every reported bank into
-       its slot, and UPDATE the station (and the caller's last write, if it gave one): one
-       statement on PostgreSQL, three or four elsewhere
+       its slot, and UPDATE the station: one statement on PostgreSQL (`_write_snapshot`),
+       three elsewhere
     8. INSERT a status-history row                          (only if the status changed)
 
 Step 4 before step 7 is what lets two banks swap slots in one snapshot: a slot never
 holds two banks, not even for the duration of one statement.
 """
 
+import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+import orjson
 from django.conf import settings
+from django.db import connection
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from api.rentals.models import Rental
-from api.rentals.services.rental_service import RentalService
+from api.rentals.services.rental_service import RentalService, open_rentals_clause
 from api.stations.models import (
     PowerBank,
     PowerBankStatus,
@@ -45,8 +50,13 @@ from api.stations.models import (
     StatusTrigger,
 )
 from api.stations.services.schemas import FullSyncMessage
-from api.stations.services.stations import advance_heartbeat, is_stale, lock_station_for_sync, status_change
-from api.stations.services.upserts import BankRow, SlotRow, upsert_slots_and_banks
+from api.stations.services.stations import (
+    STATION_COLUMNS,
+    advance_heartbeat,
+    find_or_register,
+    is_stale,
+    status_change,
+)
 from main_app import sql
 
 logger = logging.getLogger(__name__)
@@ -76,10 +86,17 @@ class FullSyncResult:
     powerbanks_updated: int = 0
     offline_returns: list[Rental] = field(default_factory=list)
     detached: list[str] = field(default_factory=list)
-    # The rows returned by the caller's `last_write`, when it gave one and the sync applied.
-    last_rows: list[tuple] | None = None
+    processed_at: datetime | None = None
 
-    def as_response(self, *, now: datetime) -> dict:
+    @property
+    def summary(self) -> str:
+        return (
+            "Station data updated successfully"
+            if self.applied
+            else "Out-of-date full sync recorded but not applied"
+        )
+
+    def as_response(self) -> dict:
         return {
             "station_id": str(self.station.pk),
             "station_serial": self.station.serial_number,
@@ -89,7 +106,7 @@ class FullSyncResult:
             "offline_returns": [rental.rental_code for rental in self.offline_returns],
             "detached_power_banks": self.detached,
             "applied": self.applied,
-            "timestamp": now.isoformat(),
+            "timestamp": self.processed_at.isoformat(),
         }
 
 
@@ -159,23 +176,31 @@ def _station_fields(station: Station, message: FullSyncMessage, *, now: datetime
     station.device_state_at = message.sent_at
 
 
-STATION_SYNC_FIELDS = [
-    "imei",
-    "total_slots",
-    "hardware_info",
-    "firmware_version",
-    "signal_strength",
-    "wifi_ssid",
-    "last_heartbeat",
-    "device_state_at",
-    "status",
-    "status_changed_at",
-]
-_STATION_UPDATE_FIELDS = [Station._meta.get_field(name) for name in [*STATION_SYNC_FIELDS, "updated_at"]]
-_STATION_UPDATE_SQL = (
-    f"UPDATE {sql.quote(Station._meta.db_table)} "
-    f"SET {', '.join(f'{sql.quote(field.column)} = %s' for field in _STATION_UPDATE_FIELDS)} WHERE id = %s"
-)
+def _lock_station(message: FullSyncMessage, *, placed: list[str]) -> tuple[Station, bool]:
+    """
+    The station, row-locked (registered first if unknown), and whether any of the banks it
+    reports in slots has an open rental: one statement answers both, since usually none
+    has. The caller locks and reads the rentals themselves only when the second is true.
+
+    The rental check is read from the statement's snapshot, which may predate a rental
+    opened while this statement waited for the station's lock. Such a rental is seconds
+    old, inside the grace period in which a full sync leaves a rental open anyway. For a
+    station registered just now the answer is always true.
+    """
+    device = message.device
+    open_rentals, params = open_rentals_clause(placed)
+    rows = sql.fetch(
+        f"SELECT {STATION_COLUMNS.sql}, EXISTS (SELECT 1 {open_rentals}) "
+        f"FROM {STATION_COLUMNS.table} WHERE serial_number = %s{sql.for_update(Station._meta.db_table)}",
+        [*params, device.serial_number],
+    )
+    if rows:
+        ((*station_row, maybe_open),) = rows
+        return STATION_COLUMNS.instances([station_row])[0], bool(maybe_open)
+    station, _ = find_or_register(
+        serial_number=device.serial_number, imei=device.imei or device.serial_number
+    )
+    return station, True
 
 
 class _KnownBank(NamedTuple):
@@ -210,27 +235,15 @@ def _lock_banks(station: Station, *, serials: list[str]) -> list[tuple]:
     )
 
 
-def apply_full_sync(
-    message: FullSyncMessage,
-    *,
-    now: datetime | None = None,
-    last_write: Callable[[FullSyncResult], tuple[str, list]] | None = None,
-) -> FullSyncResult:
-    """
-    Apply a full sync. The caller provides the transaction.
-
-    `last_write`, if given, is called with the result once it is known and returns one more
-    write (SQL with a RETURNING clause, and its parameters) for the caller's own rows: it
-    travels in the sync's last statement, and the rows it returns come back in
-    `result.last_rows`. A stale sync writes nothing and does not call it.
-    """
+def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) -> FullSyncResult:
+    """Apply a full sync. The caller provides the transaction."""
     now = now or timezone.now()
     device = message.device
     slots, banks = _merge_reports(message)
     placed = [serial for serial, state in sorted(banks.items()) if state.slot_number is not None]
-    station, maybe_open_rentals = lock_station_for_sync(
-        serial_number=device.serial_number, imei=device.imei or device.serial_number, bank_serials=placed
-    )
+
+    # 1. The station's lock: every write about this station waits here.
+    station, maybe_open_rentals = _lock_station(message, placed=placed)
     if is_stale(station, message.sent_at):
         logger.info(
             "Stale full sync for %s: sent %s, state already at %s",
@@ -238,24 +251,13 @@ def apply_full_sync(
             message.sent_at.isoformat(),
             station.device_state_at.isoformat(),
         )
-        return FullSyncResult(station=station, applied=False)
+        return FullSyncResult(station=station, applied=False, processed_at=now)
 
-    # 2. Lost returns: a bank back in a slot while its rental is open (DESIGN rule 8).
+    # 2. Lost returns: a bank back in a slot while its rental is open (rule 8).
     grace = timedelta(seconds=settings.IOT_RETURN_GRACE_SECONDS)
-    closed: list[Rental] = []
     open_rentals = RentalService.open_rentals_for(serials=placed) if placed and maybe_open_rentals else []
-    for rental in open_rentals:
-        serial = rental.power_bank.serial_number
-        if message.sent_at - rental.started_at < grace:
-            continue  # just taken out: the cabinet may not have noticed yet
-        RentalService.complete(
-            rental,
-            ended_at=message.sent_at,
-            return_station=station,
-            battery_level=banks[serial].battery_level,
-            now=now,
-        )
-        closed.append(rental)
+    # A rental taken out moments ago: the cabinet may not have noticed yet.
+    closing = [rental for rental in open_rentals if message.sent_at - rental.started_at >= grace]
 
     # 3. Where every bank of interest is now, locked in a fixed order.
     known = {
@@ -282,25 +284,31 @@ def apply_full_sync(
         )
 
     # 5. Slots those banks left, here or at another station. This station's reported slots
-    # are written by the upsert below anyway, with the snapshot's status.
+    # are written by the snapshot below anyway, with the snapshot's status.
     vacated = {bank.current_slot_id for bank in moving if not (bank.slot_here and bank.slot_number in slots)}
     if vacated:
         StationSlot.objects.filter(pk__in=vacated, status=SlotStatus.OCCUPIED).update(
             status=SlotStatus.AVAILABLE, battery_level=0, updated_at=now
         )
 
-    # 6. Close the recovered returns.
-    if closed:
-        Rental.objects.bulk_update(closed, RentalService.COMPLETION_FIELDS)
-        RentalService.announce_completed(closed, offline_return=True)
+    # 6. Close the recovered returns, as offline returns at this station at snapshot time.
+    if closing:
+        RentalService.close_returned(
+            [(rental, banks[rental.power_bank.serial_number].battery_level) for rental in closing],
+            ended_at=message.sent_at,
+            return_station=station,
+            offline_return=True,
+            now=now,
+        )
         logger.info(
             "Station %s: closed %d lost return(s): %s",
             station.serial_number,
-            len(closed),
-            ", ".join(rental.rental_code for rental in closed),
+            len(closing),
+            ", ".join(rental.rental_code for rental in closing),
         )
 
-    # 7. The station itself: a full sync is a heartbeat and says the station is up.
+    # 7. The station itself (a full sync is a heartbeat and says the station is up), its
+    # slots and its banks. Model and capacity are operator-owned and never written here.
     _station_fields(station, message, now=now)
     history = status_change(
         station,
@@ -309,40 +317,190 @@ def apply_full_sync(
         trigger=StatusTrigger.FULL_SYNC,
     )
     station.updated_at = now
-    station_update = (
-        _STATION_UPDATE_SQL,
-        [sql.db_value(field, getattr(station, field.attname)) for field in _STATION_UPDATE_FIELDS]
-        + [sql.db_value(Station._meta.pk, station.pk)],
-    )
-
-    result = FullSyncResult(
-        station=station,
-        applied=True,
-        slots_updated=len(slots),
-        powerbanks_updated=len(banks),
-        offline_returns=closed,
-        detached=detached,
-    )
-
-    # ...written with the slots and the banks, in one statement on PostgreSQL.
-    # Model and capacity are operator-owned and never written here.
-    result.last_rows = upsert_slots_and_banks(
-        station.pk,
+    _write_snapshot(
+        station,
         [
-            SlotRow(number, state.status, state.battery_level, state.metadata)
+            _SlotRow(number, state.status, state.battery_level, state.metadata)
             for number, state in sorted(slots.items())
         ],
         [
-            BankRow(serial, state.status, state.battery_level, state.hardware_info, state.slot_number)
+            _BankRow(serial, state.status, state.battery_level, state.hardware_info, state.slot_number)
             for serial, state in sorted(banks.items())
         ],
         now=now,
-        along_with=station_update,
-        last=last_write(result) if last_write is not None else None,
     )
 
     # 8. Its status history, when the status changed.
     if history is not None:
         history.save()
 
-    return result
+    return FullSyncResult(
+        station=station,
+        applied=True,
+        slots_updated=len(slots),
+        powerbanks_updated=len(banks),
+        offline_returns=closing,
+        detached=detached,
+        processed_at=now,
+    )
+
+
+# --- Step 7: the snapshot's rows ----------------------------------------------------------
+# The row-heavy writes. On PostgreSQL they are one statement: the rows travel as JSON
+# documents unpacked by `jsonb_to_recordset` (the database parses them in C, where the
+# ORM's `bulk_create` builds a model instance and quotes every value of every row in
+# Python, the largest cost of a full sync when first profiled), the slots' upsert is a
+# data-modifying WITH clause whose RETURNING gives the banks their slot ids, and the
+# station's UPDATE is one more WITH clause. Other databases (SQLite in development) use
+# `bulk_create` twice and an UPDATE. Both paths run the whole test suite in CI;
+# docs/performance.md has the figures.
+
+
+@dataclass(slots=True)
+class _SlotRow:
+    slot_number: int
+    status: str
+    battery_level: int
+    slot_metadata: dict
+
+
+@dataclass(slots=True)
+class _BankRow:
+    serial_number: str
+    status: str
+    battery_level: int
+    hardware_info: dict
+    slot_number: int | None  # one of the slot rows' numbers, or None: not in a slot
+
+
+_STATION_SYNC_FIELDS = [
+    Station._meta.get_field(name)
+    for name in [
+        "imei",
+        "total_slots",
+        "hardware_info",
+        "firmware_version",
+        "signal_strength",
+        "wifi_ssid",
+        "last_heartbeat",
+        "device_state_at",
+        "status",
+        "status_changed_at",
+        "updated_at",
+    ]
+]
+_STATION_UPDATE_SQL = (
+    f"UPDATE {sql.quote(Station._meta.db_table)} "
+    f"SET {', '.join(f'{sql.quote(field.column)} = %s' for field in _STATION_SYNC_FIELDS)} WHERE id = %s"
+)
+_SLOTS = StationSlot._meta.db_table
+_BANKS = PowerBank._meta.db_table
+_SLOTS_CTE = f"""
+    slots AS (
+        INSERT INTO {_SLOTS} (station_id, slot_number, status, battery_level, slot_metadata, updated_at)
+        SELECT %s, r.slot_number, r.status, r.battery_level, r.slot_metadata, %s
+        FROM jsonb_to_recordset(%s::jsonb)
+             AS r(slot_number integer, status text, battery_level integer, slot_metadata jsonb)
+        ON CONFLICT (station_id, slot_number) DO UPDATE SET
+            status = EXCLUDED.status,
+            battery_level = EXCLUDED.battery_level,
+            slot_metadata = EXCLUDED.slot_metadata,
+            updated_at = EXCLUDED.updated_at
+        RETURNING slot_number, id
+    )
+"""
+_BANKS_INSERT = f"""
+    INSERT INTO {_BANKS} (serial_number, model, capacity_mah, status, battery_level, hardware_info,
+                          current_station_id, current_slot_id, created_at, updated_at)
+    SELECT r.serial_number, '', NULL, r.status, r.battery_level, r.hardware_info,
+           CASE WHEN r.slot_number IS NULL THEN NULL ELSE %s::uuid END, slots.id, %s, %s
+    FROM jsonb_to_recordset(%s::jsonb)
+         AS r(serial_number text, status text, battery_level integer, hardware_info jsonb, slot_number integer)
+    LEFT JOIN slots ON slots.slot_number = r.slot_number
+    ON CONFLICT (serial_number) DO UPDATE SET
+        status = EXCLUDED.status,
+        battery_level = EXCLUDED.battery_level,
+        hardware_info = EXCLUDED.hardware_info,
+        current_station_id = EXCLUDED.current_station_id,
+        current_slot_id = EXCLUDED.current_slot_id,
+        updated_at = EXCLUDED.updated_at
+"""
+
+
+def _write_snapshot(station: Station, slots: list[_SlotRow], banks: list[_BankRow], *, now: datetime) -> None:
+    """
+    Upsert the station's reported slots, then the reported banks, each at this station in
+    its slot (if any), and write the station's fields. The caller has taken every bank
+    that moves or leaves out of its old slot, so no slot ever holds two banks, not even
+    within the statement. New banks get a blank model and capacity; existing banks keep theirs.
+    """
+    station_params = [sql.db_value(field, getattr(station, field.attname)) for field in _STATION_SYNC_FIELDS]
+    station_params.append(sql.db_value(Station._meta.pk, station.pk))
+    if connection.vendor != "postgresql":
+        _bulk_upsert(station.pk, slots, banks, now=now)
+        with connection.cursor() as cursor:
+            cursor.execute(_STATION_UPDATE_SQL, station_params)
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH station AS ({_STATION_UPDATE_SQL}), {_SLOTS_CTE} {_BANKS_INSERT}",
+            [*station_params, station.pk, now, _json(slots), station.pk, now, now, _json(banks)],
+        )
+
+
+def _json(rows: Iterable) -> str:
+    rows = list(rows)
+    try:
+        # orjson encodes dataclasses itself, several times faster than json.dumps...
+        return orjson.dumps(rows).decode("utf-8")
+    except orjson.JSONEncodeError:
+        # ...but not integers beyond 64 bits, which JSON (and jsonb) allow in metadata.
+        return json.dumps([asdict(row) for row in rows], ensure_ascii=False)
+
+
+def _bulk_upsert(station_id, slots: list[_SlotRow], banks: list[_BankRow], *, now: datetime) -> None:
+    objects = [
+        StationSlot(
+            station_id=station_id,
+            slot_number=row.slot_number,
+            status=row.status,
+            battery_level=row.battery_level,
+            slot_metadata=row.slot_metadata,
+            updated_at=now,
+        )
+        for row in slots
+    ]
+    if objects:
+        StationSlot.objects.bulk_create(
+            objects,
+            update_conflicts=True,
+            unique_fields=["station", "slot_number"],
+            update_fields=["status", "battery_level", "slot_metadata", "updated_at"],
+        )
+    slot_id = {slot.slot_number: slot.pk for slot in objects}
+    if not banks:
+        return
+    PowerBank.objects.bulk_create(
+        [
+            PowerBank(
+                serial_number=row.serial_number,
+                status=row.status,
+                battery_level=row.battery_level,
+                hardware_info=row.hardware_info,
+                current_station_id=station_id if row.slot_number is not None else None,
+                current_slot_id=slot_id.get(row.slot_number),
+                updated_at=now,
+            )
+            for row in banks
+        ],
+        update_conflicts=True,
+        unique_fields=["serial_number"],
+        update_fields=[
+            "status",
+            "battery_level",
+            "hardware_info",
+            "current_station",
+            "current_slot",
+            "updated_at",
+        ],
+    )

@@ -1,5 +1,6 @@
 """
-A power bank pushed back into a slot (DESIGN rules 6 and 7).
+A power bank pushed back into a slot (docs/design.md, rules 6 and 7). Every write a return
+makes is in this module; the rental is closed through `RentalService`, which owns rentals.
 
 A return is a fact about money: it always closes the bank's open rental, whatever newer
 device state the station has applied. Unknown stations, slots and banks are registered so
@@ -29,6 +30,12 @@ class ReturnResult:
     power_bank: PowerBank
     rental: Rental | None
     charges: Charges | None
+    # A return is a fact about money: it always applies, whatever state is newer (rule 3).
+    applied = True
+
+    @property
+    def summary(self) -> str:
+        return "Return processed successfully" if self.rental is not None else "Power bank placed; no open rental was found"
 
     def as_response(self) -> dict:
         rental, charges = self.rental, self.charges
@@ -77,17 +84,13 @@ def apply_return(message: ReturnMessage, *, now: datetime | None = None) -> Retu
     bank = _lock_or_register_bank(event.power_bank_serial)
 
     if rental is not None:
-        returned_at = event.returned_at or message.sent_at
-        charges = RentalService.complete(
-            rental,
-            ended_at=returned_at,
+        (charges,) = RentalService.close_returned(
+            [(rental, event.battery_level)],
+            ended_at=event.returned_at or message.sent_at,
             return_station=station,
-            battery_level=event.battery_level,
+            offline_return=False,
             now=now,
         )
-        rental.updated_at = now
-        rental.save(update_fields=RentalService.COMPLETION_FIELDS)
-        RentalService.announce_completed([rental], offline_return=False)
         logger.info(
             "Rental %s returned at %s slot %s",
             rental.rental_code,

@@ -1,4 +1,8 @@
-"""Finding, registering and locking stations; their status changes and history."""
+"""
+Finding, registering and locking stations, and the rules every message applies to a
+station's liveness and ordering. The writes themselves are made by the message's module
+(`full_sync`, `returns`, `status`) or, for an operator's change, `set_status_by_operator`.
+"""
 
 import uuid
 from datetime import datetime
@@ -6,7 +10,6 @@ from datetime import datetime
 from django.db import transaction
 from django.db.models import Case, Q, Value, When
 
-from api.rentals.services.rental_service import open_rentals_clause
 from api.stations.models import (
     PENDING_ADDRESS,
     Station,
@@ -16,8 +19,8 @@ from api.stations.models import (
 )
 from main_app import sql
 
-_STATION = sql.Columns(Station, [field.name for field in Station._meta.concrete_fields])
-_LOCK_BY_SERIAL_SQL = f"SELECT {_STATION.sql} FROM {_STATION.table} WHERE serial_number = %s"
+STATION_COLUMNS = sql.Columns(Station, [field.name for field in Station._meta.concrete_fields])
+_LOCK_BY_SERIAL_SQL = f"SELECT {STATION_COLUMNS.sql} FROM {STATION_COLUMNS.table} WHERE serial_number = %s"
 
 
 def placeholder_name(serial_number: str) -> str:
@@ -36,39 +39,18 @@ def lock_station(*, serial_number: str, imei: str | None = None) -> tuple[Statio
     """
     # The common case first: the station is known by its serial (fixed SQL: the hot path).
     station = next(
-        iter(_STATION.instances(sql.fetch(_LOCK_BY_SERIAL_SQL + sql.for_update(), [serial_number]))), None
+        iter(STATION_COLUMNS.instances(sql.fetch(_LOCK_BY_SERIAL_SQL + sql.for_update(), [serial_number]))), None
     )
     if station is not None:
         return station, False
-    return _find_or_register(serial_number=serial_number, imei=imei)
+    return find_or_register(serial_number=serial_number, imei=imei)
 
 
-def lock_station_for_sync(*, serial_number: str, imei: str, bank_serials: list[str]) -> tuple[Station, bool]:
+def find_or_register(*, serial_number: str, imei: str | None) -> tuple[Station, bool]:
     """
-    `lock_station` for a full sync, which also needs to know whether any of the banks it
-    reports in slots has an open rental (DESIGN rule 8): one statement answers both, since
-    usually none has. Returns `(station, maybe_open_rentals)`; the caller locks and reads
-    the rentals themselves only when the second is true.
-
-    The rental check is read from the statement's snapshot, which may predate a rental
-    opened while this statement waited for the station's lock. Such a rental is seconds
-    old, inside the grace period in which a full sync leaves a rental open anyway. For a
-    station registered just now the answer is always true.
+    The station by serial, else by IMEI (an operator may have registered it so), row-locked;
+    registered with placeholders if neither is known (rule 6). Returns `(station, created)`.
     """
-    open_rentals, params = open_rentals_clause(bank_serials)
-    rows = sql.fetch(
-        f"SELECT {_STATION.sql}, EXISTS (SELECT 1 {open_rentals}) "
-        f"FROM {_STATION.table} WHERE serial_number = %s{sql.for_update(Station._meta.db_table)}",
-        [*params, serial_number],
-    )
-    if rows:
-        ((*station_row, maybe_open),) = rows
-        return _STATION.instances([station_row])[0], bool(maybe_open)
-    station, _ = _find_or_register(serial_number=serial_number, imei=imei)
-    return station, True
-
-
-def _find_or_register(*, serial_number: str, imei: str | None) -> tuple[Station, bool]:
     keys = {serial_number} | ({imei} if imei else set())
     query = (
         Station.objects.select_for_update()

@@ -22,6 +22,10 @@ class StatusResult:
     applied: bool
     status_changed: bool
 
+    @property
+    def summary(self) -> str:
+        return "Station status updated" if self.applied else "Out-of-date status recorded but not applied"
+
     def as_response(self) -> dict:
         heartbeat = self.station.last_heartbeat
         return {

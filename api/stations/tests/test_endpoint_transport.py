@@ -7,9 +7,6 @@ changed but the event log: rejections by the middleware (before the signature pa
 leave no event row; rejections after it leave exactly one REJECTED row with the answer.
 """
 
-import base64
-import hashlib
-import hmac
 from datetime import timedelta
 from unittest import mock
 
@@ -23,6 +20,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from api.rentals.models import PaymentModel, Rental, RentalPackage
 from api.rentals.services.rental_service import RentalService
+from api.stations.ingest import delivery
 from api.stations.models import (
     IoTEvent,
     IoTEventOutcome,
@@ -31,7 +29,6 @@ from api.stations.models import (
     StationSlot,
     StationStatusHistory,
 )
-from api.stations.services.station_sync_service import StationSyncService
 from api.stations.services.utils import sign_chargeghar_main as sign_module
 from api.stations.tests.factories import (
     ENDPOINT,
@@ -45,6 +42,7 @@ from api.stations.tests.factories import (
     now_ts,
     status_payload,
 )
+from iot_tools.wire import sign
 
 OLD_SECRET = "previous-signing-secret-still-accepted-0123456789"
 UNKNOWN_SECRET = "a-secret-this-server-has-never-been-told-about-000"
@@ -52,11 +50,6 @@ EXISTING_SERIAL = "864601069946000"
 NEW_SERIAL = "864601069946994"
 TOLERANCE = 300
 DOMAIN_MODELS = (Station, StationSlot, PowerBank, Rental, StationStatusHistory)
-
-
-def stdlib_signature(secret: str, body: bytes, timestamp: int) -> str:
-    digest = hmac.new(secret.encode("utf-8"), body + str(timestamp).encode("ascii"), hashlib.sha256)
-    return base64.b64encode(digest.digest()).decode("ascii")
 
 
 def frozen_clock(timestamp: int):
@@ -147,7 +140,7 @@ class EndpointTestCase(TestCase):
         ):
             value = default if value is DEFAULT else value
             if value is DEFAULT:
-                value = stdlib_signature(secret, body, timestamp)
+                value = sign(secret, body, timestamp)
             if value is not None:
                 headers[name] = value
         headers.update(meta)
@@ -349,13 +342,13 @@ class FreshnessAndSignatureTests(EndpointTestCase):
 
     def test_wrong_signature_is_refused(self):
         other_body = self.new_station_body()
-        response = self.post(signature=stdlib_signature(TEST_SECRET, other_body, now_ts()))
+        response = self.post(signature=sign(TEST_SECRET, other_body, now_ts()))
 
         self.assertRejectedBeforeSignature(response, 403, "INVALID_SIGNATURE")
 
     def test_body_changed_after_signing_is_refused(self):
         body = self.new_station_body()
-        signature = stdlib_signature(TEST_SECRET, body, self.now)
+        signature = sign(TEST_SECRET, body, self.now)
         tampered = body.replace(b'"battery_level":80', b'"battery_level":81', 1)
         self.assertNotEqual(tampered, body)
 
@@ -370,7 +363,7 @@ class FreshnessAndSignatureTests(EndpointTestCase):
             response = self.post(
                 body,
                 timestamp=self.now,
-                signature=stdlib_signature(TEST_SECRET, body, self.now - 1),
+                signature=sign(TEST_SECRET, body, self.now - 1),
             )
 
         self.assertRejectedBeforeSignature(response, 403, "INVALID_SIGNATURE")
@@ -387,7 +380,7 @@ class FreshnessAndSignatureTests(EndpointTestCase):
         self.assertAccepted(response)
 
     def test_rejection_log_line_carries_neither_signature_nor_token(self):
-        signature = stdlib_signature(UNKNOWN_SECRET, b"{}", self.now)
+        signature = sign(UNKNOWN_SECRET, b"{}", self.now)
         with self.assertLogs("main_app.middleware", "WARNING") as logs:
             self.post(signature=signature)
 
@@ -629,7 +622,7 @@ class ServerErrorTests(EndpointTestCase):
     def test_unreachable_database_answers_503_with_retry_after(self):
         outage = OperationalError("could not connect to server: Connection refused")
         with (
-            mock.patch.object(StationSyncService, "process", side_effect=outage),
+            mock.patch.object(delivery, "apply_message", side_effect=outage),
             self.assertLogs("main_app.exceptions", "ERROR"),
         ):
             response = self.post()
@@ -643,7 +636,7 @@ class ServerErrorTests(EndpointTestCase):
     def test_retry_after_follows_the_setting(self):
         outage = OperationalError("server closed the connection unexpectedly")
         with (
-            mock.patch.object(StationSyncService, "process", side_effect=outage),
+            mock.patch.object(delivery, "apply_message", side_effect=outage),
             self.assertLogs("main_app.exceptions", "ERROR"),
         ):
             response = self.post()
@@ -654,7 +647,7 @@ class ServerErrorTests(EndpointTestCase):
     def test_unexpected_exception_answers_500_naming_the_event_and_nothing_else(self):
         crash = RuntimeError("internal detail: /srv/app/secret.py line 42")
         with (
-            mock.patch.object(StationSyncService, "process", side_effect=crash),
+            mock.patch.object(delivery, "apply_message", side_effect=crash),
             self.assertLogs("main_app.exceptions", "ERROR"),
         ):
             response = self.post()

@@ -22,6 +22,8 @@ from django.utils import timezone
 from api.rentals.models import PaymentModel, Rental, RentalPackage, RentalStatus
 from api.rentals.services.rental_service import RentalService
 from api.rentals.signals import rental_completed
+from api.stations.ingest import delivery, event_log
+from api.stations.ingest.body import decode
 from api.stations.models import (
     IoTEvent,
     IoTEventOutcome,
@@ -30,7 +32,6 @@ from api.stations.models import (
     StationSlot,
     StationStatusHistory,
 )
-from api.stations.services import events
 from api.stations.services.station_sync_service import StationSyncService
 from api.stations.tests.factories import (
     STATION_SERIAL,
@@ -66,28 +67,26 @@ def sha256(body: bytes) -> str:
 
 
 def spy_on_service():
-    """Count calls of StationSyncService.process while letting them through."""
-    return mock.patch.object(
-        StationSyncService, "process", autospec=True, side_effect=StationSyncService.process
-    )
+    """Count the messages applied while letting them through."""
+    return mock.patch.object(delivery, "apply_message", side_effect=delivery.apply_message)
 
 
 def service_failing_first(exc: Exception):
-    """StationSyncService.process raises `exc` on its first call, then works."""
-    original = StationSyncService.process
+    """Applying a message raises `exc` the first time, then works."""
+    original = delivery.apply_message
     calls = []
 
-    def process(self, message, **options):
+    def apply_message(message):
         calls.append(message)
         if len(calls) == 1:
             raise exc
-        return original(self, message, **options)
+        return original(message)
 
-    return mock.patch.object(StationSyncService, "process", process)
+    return mock.patch.object(delivery, "apply_message", apply_message)
 
 
 def service_failing(exc: Exception):
-    return mock.patch.object(StationSyncService, "process", side_effect=exc)
+    return mock.patch.object(delivery, "apply_message", side_effect=exc)
 
 
 @SIGNED
@@ -156,7 +155,7 @@ class SettledMeanwhileTests(EventLogTestCase):
 
     def test_the_later_delivery_rolls_back_and_answers_the_first_answer(self):
         body = compact(full_payload(banks={1: (BANK, 90)}, timestamp=self.now))
-        delivery = events.receive(body=body, source_ip="127.0.0.1")
+        logged = event_log.record(decode(body), source_ip="127.0.0.1")
         first_answer = {
             "success": True,
             "message": "Station data updated successfully",
@@ -165,19 +164,84 @@ class SettledMeanwhileTests(EventLogTestCase):
         # What the other delivery committed while this one was being processed: this one
         # does not look before applying (a first delivery has nothing to look at), so the
         # state is the same as if the write had landed in the middle.
-        IoTEvent.objects.filter(pk=delivery.event.pk).update(
+        IoTEvent.objects.filter(pk=logged.event_id).update(
             outcome=IoTEventOutcome.PROCESSED, http_status=200, response=json.dumps(first_answer)
         )
 
         with spy_on_service() as service:
-            status, answer = events.process(delivery)
+            answer = delivery._run(logged, decode(body), started=0.0)
 
         self.assertEqual(service.call_count, 1)
-        self.assertEqual((status, answer), (200, first_answer))
-        self.assertTrue(delivery.recorded)
+        self.assertEqual((answer.status, answer.body), (200, first_answer))
         # This delivery's own sync was rolled back with the rest of its transaction.
         self.assertEqual(self.domain_counts(), dict.fromkeys(self.domain_counts(), 0))
-        self.assertEqual(IoTEvent.objects.get(pk=delivery.event.pk).attempts, 0)
+        event = IoTEvent.objects.get(pk=logged.event_id)
+        self.assertEqual((event.attempts, event.response_data), (0, first_answer))
+
+
+class SettledIsNeverOverwrittenTests(EventLogTestCase):
+    """
+    A body's row once PROCESSED or STALE keeps that outcome, whatever a slower delivery of
+    the same body answers later: otherwise the body would be applied again.
+    """
+
+    def processed_event(self) -> IoTEvent:
+        response = self.sender.post(full_payload(banks={1: (BANK, 90)}, timestamp=self.now))
+        self.assertEqual(response.status_code, 200, response.content)
+        return IoTEvent.objects.get()
+
+    def test_a_late_failure_answer_does_not_overwrite_processed(self):
+        event = self.processed_event()
+        answered = event.response
+
+        # A delivery of the same body that failed after the one above committed (it was
+        # waiting for the station's lock, then its own processing raised).
+        written = event_log.settle(
+            event.pk,
+            outcome=IoTEventOutcome.FAILED,
+            http_status=500,
+            response={"success": False, "message": "Unexpected error", "error": "INTERNAL_ERROR"},
+            duration_ms=1.0,
+            error="Traceback: late failure",
+            attempted=True,
+        )
+
+        self.assertFalse(written)
+        event.refresh_from_db()
+        self.assertEqual(event.outcome, IoTEventOutcome.PROCESSED)
+        self.assertEqual((event.http_status, event.response, event.attempts), (200, answered, 1))
+        self.assertEqual(event.error, "")
+
+    def test_a_late_failure_of_the_first_delivery_leaves_the_repeat_applied_once(self):
+        body = compact(full_payload(banks={1: (BANK, 90)}, timestamp=self.now))
+        first = event_log.record(decode(body), source_ip="127.0.0.1")
+        # The repeat (the sender's retry) is applied while the first delivery is still in
+        # flight; then the first one fails.
+        self.assertEqual(self.sender.post(body).status_code, 200)
+        with self.assertLogs("main_app.exceptions", "ERROR"), service_failing(RuntimeError("late")):
+            answer = delivery._run(first, decode(body), started=0.0)
+
+        self.assertEqual(answer.status, 500)
+        primary = IoTEvent.objects.get(pk=first.event_id)
+        self.assertEqual(primary.outcome, IoTEventOutcome.PROCESSED)
+        # Re-processing finds nothing to do: the body is not applied a second time.
+        with spy_on_service() as service:
+            call_command("reprocess_iot_events", "--failed", stdout=StringIO())
+        self.assertEqual(service.call_count, 0)
+        self.assertEqual(StationStatusHistory.objects.count(), 1)
+
+    def test_a_body_processed_after_a_refused_delivery_drops_the_refusal_text(self):
+        body = compact(full_payload(banks={1: (BANK, 90)}, timestamp=self.now))
+        refused = self.sender.post(body, timestamp=self.now - 3, HTTP_AUTHORIZATION="Bearer expired.token.value")
+        self.assertEqual(refused.status_code, 401, refused.content)
+        event = IoTEvent.objects.get()
+        self.assertIn("NOT_AUTHENTICATED", event.error)
+
+        self.assertEqual(self.sender.post(body).status_code, 200)
+
+        event.refresh_from_db()
+        self.assertEqual(event.outcome, IoTEventOutcome.PROCESSED)
+        self.assertEqual(event.error, "")
 
 
 class LargeNumberTests(EventLogTestCase):
@@ -598,15 +662,15 @@ class EndpointQueryCountTests(EventLogTestCase):
     """
     A full sync through the endpoint, everything included, for an existing station whose
     banks stay in their slots with new battery levels: the event-log INSERT, the token's
-    user (read on every request under the test runners, cached for 10 s otherwise), the
-    station's lock, the banks' lock, then the slots, the banks, the station and the
-    event's outcome, which are one statement on PostgreSQL and four elsewhere. The same
-    whatever the slot count. Inside a TestCase the transaction is a savepoint and shows as
-    two more queries (SAVEPOINT, RELEASE); in production it is BEGIN and COMMIT.
+    user (read on every request under the test settings, cached for 10 s otherwise), the
+    station's lock, the banks' lock, then the slots, the banks and the station (one
+    statement on PostgreSQL, three elsewhere), and the event's outcome. The same whatever
+    the slot count. Inside a TestCase the transaction is a savepoint and shows as two more
+    queries (SAVEPOINT, RELEASE); in production it is BEGIN and COMMIT.
     """
 
     def expected(self) -> int:
-        return 7 if connection.vendor == "postgresql" else 10
+        return 8 if connection.vendor == "postgresql" else 10
 
     def test_a_full_sync_costs_the_same_queries_for_4_24_and_48_slots(self):
         for slots in (4, 24, 48):

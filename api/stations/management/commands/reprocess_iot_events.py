@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from api.stations.models import IoTEvent, IoTEventOutcome
-from api.stations.services import events
+from api.stations.ingest.delivery import reprocess
 
 
 class Command(BaseCommand):
@@ -32,7 +32,7 @@ class Command(BaseCommand):
             return
         counts: dict[str, int] = {}
         for event in selected:
-            report = events.reprocess(event)
+            report = reprocess(event)
             counts[report.outcome] = counts.get(report.outcome, 0) + 1
             self.stdout.write(
                 f"event {event.pk}: {report.outcome} (HTTP {report.http_status}) {report.message}"
