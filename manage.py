@@ -4,8 +4,18 @@ import os
 import sys
 
 
+def default_settings_module(argv):
+    """The settings module used when neither --settings nor DJANGO_SETTINGS_MODULE names one.
+
+    `test` gets the test settings, as pytest does through pytest.ini; every other command the
+    production ones. Django takes the subcommand from argv[1] too, so this is the same
+    dispatch. --settings still wins: Django applies it before it reads any setting.
+    """
+    return "main_app.settings_test" if argv[1:2] == ["test"] else "main_app.settings"
+
+
 def main():
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "main_app.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", default_settings_module(sys.argv))
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

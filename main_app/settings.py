@@ -1,13 +1,15 @@
 """
 Settings for the ChargeGhar main backend.
 
-Every knob is read from the environment (or a `.env` file beside manage.py) through one
-django-environ `Env`. Development defaults are safe; production values must be set.
-`.env.example` documents every variable.
+Every knob is read from the environment (or an env file, `.env` beside manage.py unless
+DJANGO_ENV_FILE names another or none) through one django-environ `Env`. Development
+defaults are safe; production values must be set. `.env.example` documents every variable.
+The test runners use `main_app.settings_test`, which imports this module and sets the test
+values; nothing here knows whether it runs under tests.
 """
 
 import ipaddress
-import sys
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,13 +18,32 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-# Under `manage.py test` or pytest. The test runners need no .env and ignore one, so a
-# developer's local settings (a database, an IP allowlist) cannot change what tests see.
-RUNNING_TESTS = sys.argv[1:2] == ["test"] or "pytest" in sys.modules
-
 env = environ.Env()
-if not RUNNING_TESTS:
-    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+
+def resolve_env_file(value, base_dir):
+    """The env file DJANGO_ENV_FILE (`value`) asks for, or None for no file.
+
+    Unset: the `.env` beside manage.py, if there is one. Empty: no file (the test settings,
+    so a developer's `.env` cannot change what tests see). A path: that file, which must
+    exist. The process environment wins over the file either way.
+    """
+    if value is None:
+        default = base_dir / ".env"
+        return default if default.is_file() else None
+    if not value.strip():
+        return None
+    path = Path(value.strip())
+    if not path.is_file():
+        raise ImproperlyConfigured(
+            f"Environment variable DJANGO_ENV_FILE names a file that does not exist: {value!r}"
+        )
+    return path
+
+
+ENV_FILE = resolve_env_file(os.environ.get("DJANGO_ENV_FILE"), BASE_DIR)
+if ENV_FILE is not None:
+    environ.Env.read_env(ENV_FILE, overwrite=False)
 
 # The placeholder shipped in .env.example; never acceptable outside development.
 PLACEHOLDER_SECRET = "change-me-to-a-long-random-secret"
@@ -58,7 +79,7 @@ DEBUG = _read("DJANGO_DEBUG", "bool", False)
 
 SECRET_KEY = _read("DJANGO_SECRET_KEY", "str", "")
 if not SECRET_KEY or SECRET_KEY == PLACEHOLDER_SECRET:
-    if DEBUG or RUNNING_TESTS:
+    if DEBUG:
         SECRET_KEY = "insecure-development-key-do-not-use-in-production"
     else:
         raise ImproperlyConfigured(
@@ -68,7 +89,7 @@ if not SECRET_KEY or SECRET_KEY == PLACEHOLDER_SECRET:
 ALLOWED_HOSTS = _read(
     "DJANGO_ALLOWED_HOSTS",
     "list",
-    ["localhost", "127.0.0.1", "[::1]"] if DEBUG or RUNNING_TESTS else [],
+    ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [],
 )
 CSRF_TRUSTED_ORIGINS = _read("DJANGO_CSRF_TRUSTED_ORIGINS", "list", [])
 
@@ -184,9 +205,6 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-if RUNNING_TESTS:
-    # Hashing cost is irrelevant to what the tests pin and dominates their run time.
-    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -196,17 +214,9 @@ USE_TZ = True
 # --- Static files (whitenoise serves them under gunicorn with DEBUG off) --------------
 STATIC_URL = "static/"
 STATIC_ROOT = Path(_read("DJANGO_STATIC_ROOT", "str", str(BASE_DIR / "staticfiles")))
-if RUNNING_TESTS:
-    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns about a missing root
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {
-        "BACKEND": (
-            "django.contrib.staticfiles.storage.StaticFilesStorage"
-            if RUNNING_TESTS
-            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
-        )
-    },
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
 # --- Security headers for production ---------------------------------------------------
@@ -232,9 +242,8 @@ REST_FRAMEWORK = {
 }
 
 # How long a bearer token's user (active? staff?) is reused before it is read again, per
-# process (api/users/authentication.py). 0 reads it on every request; so do the test
-# runners, whose databases reuse ids from test to test (tests of the cache turn it on).
-AUTH_USER_CACHE_SECONDS = _read("AUTH_USER_CACHE_SECONDS", "int", 0 if RUNNING_TESTS else 10)
+# process (api/users/authentication.py). 0 reads it on every request.
+AUTH_USER_CACHE_SECONDS = _read("AUTH_USER_CACHE_SECONDS", "int", 10)
 
 # Largest JSON body the admin API parses (login, refresh); larger ones get 413.
 API_MAX_BODY_BYTES = _read("API_MAX_BODY_BYTES", "int", 64 * 1024)
@@ -285,9 +294,8 @@ IOT_SYSTEM_ALLOWED_IPS = _read_networks("IOT_SYSTEM_ALLOWED_IPS")
 # Proxies (addresses or CIDR ranges) whose X-Forwarded-For is believed.
 IOT_TRUSTED_PROXIES = _read_networks("IOT_TRUSTED_PROXIES")
 IOT_SIGNATURE_TOLERANCE_SECONDS = _read("IOT_SIGNATURE_TOLERANCE_SECONDS", "int", 300)
-# Turned off only explicitly; the test runners turn it off by default (the seed's tests
-# post unsigned bodies) and the signature tests turn it back on.
-IOT_SIGNATURE_VERIFICATION = _read("IOT_SIGNATURE_VERIFICATION", "bool", not RUNNING_TESTS)
+# Turned off only explicitly (a system check refuses that with DEBUG off).
+IOT_SIGNATURE_VERIFICATION = _read("IOT_SIGNATURE_VERIFICATION", "bool", True)
 IOT_MAX_BODY_BYTES = _read("IOT_MAX_BODY_BYTES", "int", 1024 * 1024)
 # Django refuses to read bodies above this; keep it above the IoT limit so that limit
 # (checked from Content-Length in the middleware) is the one that answers.
@@ -301,41 +309,45 @@ IOT_RETRY_AFTER_SECONDS = _read("IOT_RETRY_AFTER_SECONDS", "int", 5)
 # --- Logging -----------------------------------------------------------------------------
 LOG_DIR = Path(_read("LOG_DIR", "str", str(BASE_DIR / "logs")))
 LOG_LEVEL = _read("LOG_LEVEL", "str", "INFO").upper()
-LOG_TO_FILE = _read("LOG_TO_FILE", "bool", not RUNNING_TESTS)
+LOG_TO_FILE = _read("LOG_TO_FILE", "bool", True)
 LOG_DIR.mkdir(parents=True, exist_ok=True)
 
-_log_handlers = ["console", "file"] if LOG_TO_FILE else ["console"]
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "verbose": {"format": "[{levelname}] {asctime} {name} {message}", "style": "{"},
-    },
-    "handlers": {
-        "console": {
-            "class": "logging.StreamHandler",
-            "formatter": "verbose",
-            "level": "WARNING" if RUNNING_TESTS else LOG_LEVEL,
+
+def logging_config(*, to_file, level, console_level, request_level):
+    """The LOGGING dict; a function so that the test settings can build a quieter one."""
+    handlers = ["console", "file"] if to_file else ["console"]
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "verbose": {"format": "[{levelname}] {asctime} {name} {message}", "style": "{"},
         },
-        "file": {
-            "class": "logging.handlers.RotatingFileHandler",
-            "filename": str(LOG_DIR / "iot_integration.log"),
-            "maxBytes": 10 * 1024 * 1024,
-            "backupCount": 5,
-            "formatter": "verbose",
-            "delay": True,
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": "verbose",
+                "level": console_level,
+            },
+            "file": {
+                "class": "logging.handlers.RotatingFileHandler",
+                "filename": str(LOG_DIR / "iot_integration.log"),
+                "maxBytes": 10 * 1024 * 1024,
+                "backupCount": 5,
+                "formatter": "verbose",
+                "delay": True,
+            },
         },
-    },
-    "loggers": {
-        "api": {"handlers": _log_handlers, "level": LOG_LEVEL, "propagate": False},
-        "main_app": {"handlers": _log_handlers, "level": LOG_LEVEL, "propagate": False},
-        # Tests provoke 5xx answers on purpose; their log lines would only bury real output.
-        "django.request": {
-            "handlers": _log_handlers,
-            "level": "CRITICAL" if RUNNING_TESTS else "ERROR",
-            "propagate": False,
+        "loggers": {
+            "api": {"handlers": handlers, "level": level, "propagate": False},
+            "main_app": {"handlers": handlers, "level": level, "propagate": False},
+            "django.request": {"handlers": handlers, "level": request_level, "propagate": False},
         },
-    },
-}
-if not LOG_TO_FILE:
-    del LOGGING["handlers"]["file"]
+    }
+    if not to_file:
+        del config["handlers"]["file"]
+    return config
+
+
+LOGGING = logging_config(
+    to_file=LOG_TO_FILE, level=LOG_LEVEL, console_level=LOG_LEVEL, request_level="ERROR"
+)

@@ -1,12 +1,10 @@
 """
 Start-up refuses bad configuration (STYLE: "a value that does not parse fails at start-up
-with the variable's name").
+with the variable's name"), and which settings and env file each process gets.
 
-Each case starts a fresh interpreter, as gunicorn or manage.py would, with a controlled
-environment. A plain `python -c` is not a test run (settings look for `manage.py test` or
-pytest), so the production rules apply. Settings read the repository's `.env` with
-overwrite=False, so every variable a case depends on is set explicitly here: a developer's
-`.env` can then fill in only variables no case looks at.
+Each start-up case starts a fresh interpreter, as gunicorn or manage.py would, with exactly
+the environment it names: the production settings (main_app.settings) and DJANGO_ENV_FILE
+empty, so a developer's `.env` is never read, here or in the child.
 """
 
 import os
@@ -14,12 +12,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 from unittest import mock
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import SimpleTestCase
 
+import manage
 from main_app import settings as settings_module
 
 REAL_SECRET = "k7Qz1vV9-real-looking-secret-for-start-up-tests-3fJp0Lw2"
@@ -39,8 +39,13 @@ print("ENGINE", settings.DATABASES["default"]["ENGINE"])
 
 def run_python(script: str, environment: dict) -> subprocess.CompletedProcess:
     """`script` in a fresh interpreter in the project, with exactly `environment`."""
+    return run(["-c", script], environment)
+
+
+def run(arguments: list[str], environment: dict) -> subprocess.CompletedProcess:
+    """A fresh interpreter in the project with `arguments`, and exactly `environment`."""
     return subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, *arguments],
         cwd=settings.BASE_DIR,
         env=environment,
         capture_output=True,
@@ -64,6 +69,7 @@ class StartUpTests(SimpleTestCase):
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "DJANGO_SETTINGS_MODULE": "main_app.settings",
+            "DJANGO_ENV_FILE": "",
             "DJANGO_DEBUG": "false",
             "DJANGO_SECRET_KEY": REAL_SECRET,
             "DJANGO_ALLOWED_HOSTS": "chargeghar.example",
@@ -77,7 +83,9 @@ class StartUpTests(SimpleTestCase):
         }
 
     def start(self, **overrides) -> subprocess.CompletedProcess:
-        return run_python(SETUP_SCRIPT, {**self.good_environment(), **overrides})
+        """The good environment with `overrides`; a value of None removes the variable."""
+        environment = {**self.good_environment(), **overrides}
+        return run_python(SETUP_SCRIPT, {k: v for k, v in environment.items() if v is not None})
 
     def assertRefused(self, result, variable):
         self.assertNotEqual(result.returncode, 0, result.stdout)
@@ -93,8 +101,9 @@ class StartUpTests(SimpleTestCase):
         self.assertIn("ACCESS_MINUTES 60.0", result.stdout)
 
     def test_missing_secret_key_with_debug_off_is_refused(self):
-        # Empty rather than absent, so a DJANGO_SECRET_KEY in a developer's .env cannot fill it in.
-        self.assertRefused(self.start(DJANGO_SECRET_KEY=""), "DJANGO_SECRET_KEY")
+        for value in (None, ""):
+            with self.subTest(DJANGO_SECRET_KEY=value):
+                self.assertRefused(self.start(DJANGO_SECRET_KEY=value), "DJANGO_SECRET_KEY")
 
     def test_placeholder_secret_key_with_debug_off_is_refused(self):
         result = self.start(DJANGO_SECRET_KEY=settings_module.PLACEHOLDER_SECRET)
@@ -170,6 +179,7 @@ class WsgiModuleTests(SimpleTestCase):
         environment = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "DJANGO_SETTINGS_MODULE": "main_app.settings",
+            "DJANGO_ENV_FILE": "",
             "DJANGO_DEBUG": "true",
             "DATABASE_URL": "sqlite://:memory:",
             "LOG_TO_FILE": "false",
@@ -177,3 +187,165 @@ class WsgiModuleTests(SimpleTestCase):
         result = run_python(script, environment)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertGreater(int(result.stdout.strip().splitlines()[-1]), 10_000)
+
+
+class EnvFileTests(SimpleTestCase):
+    """DJANGO_ENV_FILE: unset reads the `.env` beside manage.py, empty reads none, a path that file."""
+
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="settings-test-env-"))
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+
+    def test_unset_means_the_env_file_beside_manage_py_when_there_is_one(self):
+        self.assertIsNone(settings_module.resolve_env_file(None, self.dir))
+        (self.dir / ".env").write_text("LOG_LEVEL=DEBUG\n")
+        self.assertEqual(settings_module.resolve_env_file(None, self.dir), self.dir / ".env")
+
+    def test_empty_means_no_file_even_when_there_is_one(self):
+        (self.dir / ".env").write_text("LOG_LEVEL=DEBUG\n")
+        for value in ("", "  "):
+            with self.subTest(value=value):
+                self.assertIsNone(settings_module.resolve_env_file(value, self.dir))
+
+    def test_a_path_means_that_file(self):
+        named = self.dir / "production.env"
+        named.write_text("LOG_LEVEL=DEBUG\n")
+        self.assertEqual(settings_module.resolve_env_file(str(named), self.dir), named)
+
+    def test_a_path_that_does_not_exist_is_refused_by_name(self):
+        with self.assertRaisesMessage(ImproperlyConfigured, "DJANGO_ENV_FILE"):
+            settings_module.resolve_env_file(str(self.dir / "missing.env"), self.dir)
+
+    def environment(self, **variables) -> dict:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "DATABASE_URL": "sqlite://:memory:",
+            "LOG_TO_FILE": "false",
+            **variables,
+        }
+
+    def test_the_production_settings_read_the_named_file_and_the_environment_wins(self):
+        named = self.dir / "deploy.env"
+        named.write_text(f"DJANGO_SECRET_KEY={REAL_SECRET}\nJWT_ACCESS_TOKEN_MINUTES=42\nLOG_LEVEL=DEBUG\n")
+        script = (
+            "import django; django.setup(); from django.conf import settings; "
+            f"print(settings.SECRET_KEY == {REAL_SECRET!r}, "
+            "settings.SIMPLE_JWT['ACCESS_TOKEN_LIFETIME'].total_seconds() / 60, settings.LOG_LEVEL)"
+        )
+        result = run_python(script, self.environment(
+            DJANGO_SETTINGS_MODULE="main_app.settings", DJANGO_ENV_FILE=str(named), LOG_LEVEL="WARNING",
+        ))
+
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.split(), ["True", "42.0", "WARNING"])
+
+    def test_the_production_settings_refuse_a_named_file_that_does_not_exist(self):
+        result = run_python("import django; django.setup()", self.environment(
+            DJANGO_SETTINGS_MODULE="main_app.settings", DJANGO_ENV_FILE=str(self.dir / "missing.env"),
+            DJANGO_SECRET_KEY=REAL_SECRET,
+        ))
+
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("DJANGO_ENV_FILE", result.stderr.strip().splitlines()[-1], result.stderr)
+
+
+class TestSettingsTests(SimpleTestCase):
+    """main_app.settings_test: the production settings plus test values, from the environment alone."""
+
+    def start_test_settings(self, **variables) -> subprocess.CompletedProcess:
+        script = (
+            "import os, django; django.setup(); from django.conf import settings; "
+            "print('ENV_FILE', settings.ENV_FILE); "
+            "print('ACCESS_MINUTES', settings.SIMPLE_JWT['ACCESS_TOKEN_LIFETIME'].total_seconds() / 60); "
+            "print('VERIFICATION', settings.IOT_SIGNATURE_VERIFICATION); "
+            "print('KEY_IN_ENVIRONMENT', os.environ.get('DJANGO_SECRET_KEY')); "
+            "print('KEY_IS_TEST_KEY', settings.SECRET_KEY.startswith('test-only-'))"
+        )
+        environment = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "DJANGO_SETTINGS_MODULE": "main_app.settings_test",
+            "DATABASE_URL": "sqlite://:memory:",
+            **variables,
+        }
+        result = run_python(script, environment)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+
+    def test_no_env_file_is_read_even_one_the_environment_names(self):
+        tempdir = Path(tempfile.mkdtemp(prefix="settings-test-env-"))
+        self.addCleanup(shutil.rmtree, tempdir, ignore_errors=True)
+        named = tempdir / "developer.env"
+        named.write_text("JWT_ACCESS_TOKEN_MINUTES=42\nIOT_SIGNATURE_VERIFICATION=true\n")
+
+        seen = self.start_test_settings(DJANGO_ENV_FILE=str(named))
+
+        self.assertEqual(seen["ENV_FILE"], "None")
+        self.assertEqual(seen["ACCESS_MINUTES"], "60.0")
+        self.assertEqual(seen["VERIFICATION"], "False")
+
+    def test_they_start_without_a_secret_key_and_leave_none_in_the_environment(self):
+        seen = self.start_test_settings()
+
+        self.assertEqual(seen["KEY_IS_TEST_KEY"], "True")
+        self.assertEqual(seen["KEY_IN_ENVIRONMENT"], "None")
+
+    def test_a_secret_key_in_the_environment_is_left_as_it_was_and_not_used(self):
+        seen = self.start_test_settings(DJANGO_SECRET_KEY=REAL_SECRET)
+
+        self.assertEqual(seen["KEY_IS_TEST_KEY"], "True")
+        self.assertEqual(seen["KEY_IN_ENVIRONMENT"], REAL_SECRET)
+
+
+class SettingsModuleReport:
+    """A test runner for `manage.py test --testrunner`: says which settings it got, runs nothing."""
+
+    def __init__(self, **options):
+        pass
+
+    @classmethod
+    def add_arguments(cls, parser):
+        pass
+
+    def run_tests(self, test_labels, **kwargs):
+        print("SETTINGS_MODULE", settings.SETTINGS_MODULE)
+        return 0
+
+
+class ManagePyTestSettingsTests(SimpleTestCase):
+    """`manage.py test` gets the test settings unless --settings or DJANGO_SETTINGS_MODULE names others."""
+
+    RUNNER = f"--testrunner={__name__}.SettingsModuleReport"
+
+    def test_the_default_settings_module_follows_the_subcommand(self):
+        self.assertEqual(manage.default_settings_module(["manage.py", "test"]), "main_app.settings_test")
+        self.assertEqual(manage.default_settings_module(["manage.py", "test", "api.stations"]), "main_app.settings_test")
+        for argv in (["manage.py"], ["manage.py", "runserver"], ["manage.py", "migrate"], ["manage.py", "check", "test"]):
+            with self.subTest(argv=argv):
+                self.assertEqual(manage.default_settings_module(argv), "main_app.settings")
+
+    def manage_py_test(self, *arguments, **variables) -> str:
+        environment = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "DJANGO_ENV_FILE": "",
+            "DATABASE_URL": "sqlite://:memory:",
+            "LOG_TO_FILE": "false",
+            **variables,
+        }
+        result = run(["manage.py", "test", self.RUNNER, *arguments], environment)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return result.stdout.strip().splitlines()[-1]
+
+    def test_manage_py_test_gets_the_test_settings(self):
+        self.assertEqual(self.manage_py_test(), "SETTINGS_MODULE main_app.settings_test")
+
+    def test_the_settings_option_wins(self):
+        self.assertEqual(
+            self.manage_py_test("--settings=main_app.settings", DJANGO_SECRET_KEY=REAL_SECRET),
+            "SETTINGS_MODULE main_app.settings",
+        )
+
+    def test_the_environment_variable_wins(self):
+        self.assertEqual(
+            self.manage_py_test(DJANGO_SETTINGS_MODULE="main_app.settings", DJANGO_SECRET_KEY=REAL_SECRET),
+            "SETTINGS_MODULE main_app.settings",
+        )

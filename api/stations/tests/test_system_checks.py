@@ -2,6 +2,7 @@
 
 from io import StringIO
 
+from django.conf import settings
 from django.core.checks import Error, Warning
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
@@ -105,20 +106,42 @@ class IoTSecurityCheckTests(SimpleTestCase):
 
 
 class CheckCommandTests(SimpleTestCase):
-    """`manage.py check` runs the rules, except under the test runners (RUNNING_TESTS)."""
+    """`manage.py check` runs the rules; the test settings silence only what they cause."""
 
-    @production(RUNNING_TESTS=False, IOT_SYSTEM_SIGNATURE_SECRET="")
+    @production(SILENCED_SYSTEM_CHECKS=[], IOT_SYSTEM_SIGNATURE_SECRET="")
     def test_check_command_stops_on_a_missing_secret(self):
         with self.assertRaises(SystemCheckError) as raised:
             call_command("check", tags=["security"])
 
         self.assertIn("iot.E001", str(raised.exception))
 
-    @production(RUNNING_TESTS=False)
+    @production(SILENCED_SYSTEM_CHECKS=[])
     def test_check_command_passes_a_good_production_configuration(self):
         call_command("check", tags=["security"], stdout=StringIO())
 
-    @production(RUNNING_TESTS=True, IOT_SYSTEM_SIGNATURE_SECRET="", IOT_SIGNATURE_VERIFICATION=False)
-    def test_check_command_is_silent_under_the_test_runners(self):
-        # The runners deliberately have no secret and verification off (seed tests post unsigned).
+    @production(SILENCED_SYSTEM_CHECKS=[], IOT_SIGNATURE_VERIFICATION=False)
+    def test_check_command_stops_on_verification_turned_off(self):
+        with self.assertRaises(SystemCheckError) as raised:
+            call_command("check", tags=["security"])
+
+        self.assertIn("iot.E004", str(raised.exception))
+
+    def test_the_test_settings_pass_the_checks_by_silencing_only_what_they_need(self):
+        # No secret and verification off (the seed's tests post unsigned bodies), with DEBUG
+        # off as the test runners run: exactly the silenced messages, and nothing else.
+        self.assertFalse(settings.DEBUG)
+        self.assertEqual(settings.IOT_SYSTEM_SIGNATURE_SECRET, "")
+        self.assertFalse(settings.IOT_SIGNATURE_VERIFICATION)
+        self.assertEqual(sorted(self.ids_now()), sorted(settings.SILENCED_SYSTEM_CHECKS))
         call_command("check", tags=["security"], stdout=StringIO())
+
+    @production(IOT_SYSTEM_SIGNATURE_SECRET="x" * 10)
+    def test_a_message_the_test_settings_do_not_silence_still_stops_the_command(self):
+        with self.assertRaises(SystemCheckError) as raised:
+            call_command("check", tags=["security"])
+
+        self.assertIn("iot.E003", str(raised.exception))
+
+    @staticmethod
+    def ids_now() -> list[str]:
+        return [message.id for message in check_iot_security()]
