@@ -4,7 +4,7 @@ The operators' admin for stations, power banks, status history and the IoT event
 Operators place stations (name, address, coordinates) and watch the fleet; everything a
 sync writes is read-only here. Writes other than placement go through services: status
 changes through `services.stations.set_status_by_operator`, re-processing through
-`services.events.reprocess`, rentals through `RentalService` (see api/rentals/admin.py).
+`ingest.delivery.reprocess`, rentals through `RentalService` (see api/rentals/admin.py).
 """
 
 from datetime import timedelta
@@ -31,6 +31,7 @@ from api.stations.models import (
     StationStatus,
     StationStatusHistory,
 )
+from api.stations.ingest.delivery import reprocess
 from api.stations.selectors import (
     CHARGED_BATTERY_LEVEL,
     banks_by_slot,
@@ -43,7 +44,6 @@ from api.stations.selectors import (
     station_by_serial,
     with_slot_counts,
 )
-from api.stations.services import events as event_service
 from api.stations.services.stations import set_status_by_operator
 from main_app.admin_display import ADMIN_MEDIA_CSS, admin_link, age, choice_badge, duration, pre, pretty_json
 from main_app.admin_filters import ConditionFilter
@@ -718,7 +718,7 @@ class IoTEventAdmin(admin.ModelAdmin):
             )
             return
         for event in selected:
-            report = event_service.reprocess(event)
+            report = reprocess(event)
             ok = report.outcome in (IoTEventOutcome.PROCESSED, IoTEventOutcome.STALE)
             target = f"event {event.pk}" + (
                 f" (body of event {report.event_id})" if report.event_id != event.pk else ""
