@@ -102,6 +102,8 @@ class FaultTests(SimpleTestCase):
             connection.execute("CREATE DATABASE chargeghar")
         cls.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "IOT_", "DATABASE_"))},
+            # The production settings, from this environment alone: no developer's .env.
+            "DJANGO_ENV_FILE": "",
             "DATABASE_URL": cls.pg.url("chargeghar"),
             "DATABASE_CONNECT_TIMEOUT": "2",
             "DJANGO_DEBUG": "false",
