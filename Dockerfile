@@ -22,6 +22,8 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY manage.py ./
 COPY main_app ./main_app
 COPY api ./api
+# The signature check uses iot_tools.wire; iot_send and simulate_stations use the rest.
+COPY iot_tools ./iot_tools
 COPY docker/entrypoint.sh ./docker/entrypoint.sh
 
 # With DEBUG off, settings refuse to load without a real-looking secret key, so a dummy

@@ -19,10 +19,8 @@ only to 127.0.0.1. Everything is bounded by --round-seconds / --minutes.
 from __future__ import annotations
 
 import argparse
-import base64
 import gc
 import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -38,28 +36,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Appended, not prepended: the seed baseline's process imports this module to count queries,
+# and its own `api` and `main_app` must stay the ones it imports.
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from iot_tools import wire  # noqa: E402
+
 SEED_DIR = (ROOT / ".." / "shared" / "reference" / "seed_baseline").resolve()
 SEED_VENV = Path(os.environ.get("SEED_VENV", "/tmp/seedenv"))
 OUR_PYTHON = Path(sys.executable)
 SECRET = "bench-signing-secret-" + "x" * 32
 PG_DEFAULT = "postgres://postgres@127.0.0.1:5432"
 STATION_BASE = 864601069900000
+SLOT_ERROR = ("0x04", "孔位异常：0X04")
 
 
 # ---------------------------------------------------------------------------- traffic
-
-
-def compact(payload: dict) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def sign(body: bytes, timestamp: int, secret: str = SECRET) -> str:
-    digest = hmac.new(secret.encode("utf-8"), body + str(timestamp).encode(), hashlib.sha256).digest()
-    return base64.b64encode(digest).decode("ascii")
-
-
-def iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".000Z"
 
 
 def station_serial(index: int) -> str:
@@ -70,46 +63,41 @@ def bank_serial(station_index: int, slot: int) -> str:
     return str(10_000_000 + station_index * 100 + slot)
 
 
-def full_sync(station_index: int, slots: int, occupancy: float, rng: random.Random, timestamp: int) -> dict:
-    """A full sync in the sender's format; which slots are occupied is fixed per station."""
-    serial = station_serial(station_index)
-    layout = random.Random(station_index)
-    occupied = sorted(layout.sample(range(1, slots + 1), round(slots * occupancy)))
-    slot_entries, bank_entries = [], []
+def occupied_slots(station_index: int, slots: int, occupancy: float) -> frozenset[int]:
+    """Which slots of a station hold a bank: the same for every full sync of that station."""
+    return frozenset(random.Random(station_index).sample(range(1, slots + 1), round(slots * occupancy)))
+
+
+def full_sync(
+    station_index: int,
+    slots: int,
+    occupancy: float,
+    rng: random.Random,
+    timestamp: int,
+    *,
+    occupied: frozenset[int] | None = None,
+) -> dict:
+    """A full sync in the sender's format with fresh readings from `rng` (3% of slots faulty)."""
+    if occupied is None:
+        occupied = occupied_slots(station_index, slots, occupancy)
+    states = []
     for number in range(1, slots + 1):
-        metadata = {"micro_switch": "0", "solenoid_valve": "0", "lock_count": 0, "last_updated": iso(timestamp)}
         if number in occupied:
             battery = rng.randint(20, 100)
+            error = SLOT_ERROR if rng.random() < 0.03 else None
             bank = bank_serial(station_index, number)
-            status = "OCCUPIED"
-            if rng.random() < 0.03:
-                status = "ERROR"
-                metadata.update(error_code="0x04", error_message="孔位异常：0X04")
-            slot_entries.append(
-                {"slot_number": number, "status": status, "battery_level": battery,
-                 "power_bank_serial": bank, "slot_metadata": metadata}
-            )
-            bank_entries.append(
-                {"serial_number": bank, "status": "AVAILABLE", "battery_level": battery, "current_slot": number,
-                 "hardware_info": {"temperature": rng.randint(18, 35), "voltage": 50, "current": 0, "area_code": 73}}
-            )
+            states.append(wire.SlotState(number, bank, battery, rng.randint(18, 35), error))
         else:
-            slot_entries.append({"slot_number": number, "status": "AVAILABLE", "battery_level": 0, "slot_metadata": metadata})
-    return {
-        "type": "full",
-        "timestamp": timestamp,
-        "device": {
-            "serial_number": serial, "imei": serial, "signal_strength": str(rng.randint(10, 31)), "wifi_ssid": "",
-            "last_heartbeat": iso(timestamp), "status": "ONLINE",
-            "hardware_info": {"firmware_version": "2.1.5", "protocol_version": "0xA8"},
-        },
-        "station": {
-            "serial_number": serial, "total_slots": slots,
-            "pinboards": [{"index": 1, "io": 0, "temperature": 0, "soft_version": 4, "hard_version": 15}],
-        },
-        "slots": slot_entries,
-        "power_banks": bank_entries,
-    }
+            states.append(wire.SlotState(number))
+    stamp = wire.iso_utc(timestamp)
+    return wire.full_message(
+        station_serial(station_index),
+        states,
+        timestamp=timestamp,
+        signal_strength=rng.randint(10, 31),
+        last_heartbeat=stamp,
+        slots_updated_at=stamp,
+    )
 
 
 def full_sync_bodies(stations: int, slots: int, occupancy: float, rng: random.Random):
@@ -117,50 +105,23 @@ def full_sync_bodies(stations: int, slots: int, occupancy: float, rng: random.Ra
     Request n: a fresh full sync of station n % stations, as `full_sync` builds it: new
     battery levels, temperatures, error flags and signal strength, and the current time.
 
-    Each station's message is built here, before any request is timed, and refreshed in
-    place for every request, then encoded with orjson: the load generator shares the two
-    cores with the servers it measures, so the less CPU it takes per request, the less it
-    holds back the faster server (both get the same bytes-for-bytes format either way).
+    Which slots each station has occupied is drawn here, before any request is timed, and
+    the bodies are encoded with orjson: the load generator shares the two cores with the
+    servers it measures, so the less CPU it takes per request, the less it holds back the
+    faster server (both get the same bytes-for-bytes format either way).
     """
     import orjson  # here: the seed's virtualenv imports this module too, without orjson
 
-    built = int(time.time())
-    messages = {index: full_sync(index, slots, occupancy, rng, built) for index in range(stations)}
+    layouts = {index: occupied_slots(index, slots, occupancy) for index in range(stations)}
     lock = threading.Lock()
 
     def body(n: int) -> bytes:
-        message = messages[n % stations]
-        with lock:
-            _refresh(message, rng, int(time.time()))
-            return orjson.dumps(message)
+        index = n % stations
+        with lock:  # one draw sequence from `rng`, whichever client thread asks
+            message = full_sync(index, slots, occupancy, rng, int(time.time()), occupied=layouts[index])
+        return orjson.dumps(message)
 
     return body
-
-
-def _refresh(message: dict, rng: random.Random, timestamp: int) -> None:
-    """New readings for a message built by `full_sync`, drawn as `full_sync` draws them."""
-    now = iso(timestamp)
-    message["timestamp"] = timestamp
-    message["device"]["last_heartbeat"] = now
-    message["device"]["signal_strength"] = str(rng.randint(10, 31))
-    banks = iter(message["power_banks"])
-    for entry in message["slots"]:
-        metadata = entry["slot_metadata"]
-        metadata["last_updated"] = now
-        if "power_bank_serial" not in entry:
-            continue
-        battery = rng.randint(20, 100)
-        entry["battery_level"] = battery
-        if rng.random() < 0.03:
-            entry["status"] = "ERROR"
-            metadata.update(error_code="0x04", error_message="孔位异常：0X04")
-        else:
-            entry["status"] = "OCCUPIED"
-            metadata.pop("error_code", None)
-            metadata.pop("error_message", None)
-        bank = next(banks)
-        bank["battery_level"] = battery
-        bank["hardware_info"]["temperature"] = rng.randint(18, 35)
 
 
 @dataclass
@@ -171,13 +132,7 @@ class Target:
     process: subprocess.Popen | None = None
 
     def headers(self, body: bytes) -> dict:
-        timestamp = int(time.time())
-        return {
-            "Content-Type": "application/json",
-            "Authorization": self.authorization,
-            "X-Timestamp": str(timestamp),
-            "X-Signature": sign(body, timestamp),
-        }
+        return wire.signed_headers(SECRET, body, int(time.time()), authorization=self.authorization)
 
 
 @dataclass
@@ -454,7 +409,7 @@ def worker_peak_memory_mib(target: Target) -> float:
 # ---------------------------------------------------------------------------- query counts
 
 QUERY_COUNT_SCRIPT = r"""
-import json, os, sys, time, random, base64, hashlib, hmac
+import json, os, sys, time, random
 sys.path.insert(0, os.getcwd())
 import django
 django.setup()
@@ -462,7 +417,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 sys.path.insert(0, sys.argv[1])
-from bench import full_sync, sign, compact
+from bench import SECRET, full_sync, wire
 auth = sys.argv[2]
 client = Client()
 counts = {}
@@ -471,9 +426,9 @@ for slots in (4, 24, 48):
     rng = random.Random(slots)
     ts = int(time.time()) - 10
     for attempt in range(2):  # the first creates the station; count the second (the steady state)
-        body = compact(full_sync(index, slots, 0.7, rng, ts + attempt))
+        body = wire.compact_json(full_sync(index, slots, 0.7, rng, ts + attempt))
         now = int(time.time())
-        headers = {"HTTP_AUTHORIZATION": auth, "HTTP_X_TIMESTAMP": str(now), "HTTP_X_SIGNATURE": sign(body, now),
+        headers = {"HTTP_AUTHORIZATION": auth, "HTTP_X_TIMESTAMP": str(now), "HTTP_X_SIGNATURE": wire.sign(SECRET, body, now),
                    "HTTP_HOST": "127.0.0.1", "REMOTE_ADDR": "127.0.0.1"}
         with CaptureQueriesContext(connection) as queries:
             response = client.generic("POST", "/api/internal/stations/data", body, content_type="application/json", **headers)
@@ -812,22 +767,13 @@ class Fleet:
             for bank in placed.values():
                 self.battery[bank] = min(100, self.battery[bank] + self.rng.randint(0, 3))
             battery = {bank: self.battery[bank] for bank in placed.values()}
-        serial = station_serial(index)
-        message = full_sync(index, self.slots, 0, random.Random(timestamp), timestamp)
-        message["slots"] = [
-            {"slot_number": n, "status": "OCCUPIED" if n in placed else "AVAILABLE",
-             "battery_level": battery[placed[n]] if n in placed else 0,
-             **({"power_bank_serial": placed[n]} if n in placed else {}),
-             "slot_metadata": {"micro_switch": "0", "solenoid_valve": "0", "lock_count": 0}}
+        slots = [
+            wire.SlotState(n, placed[n], battery[placed[n]], temperature=25) if n in placed else wire.SlotState(n)
             for n in range(1, self.slots + 1)
         ]
-        message["power_banks"] = [
-            {"serial_number": bank, "status": "AVAILABLE", "battery_level": battery[bank], "current_slot": n,
-             "hardware_info": {"temperature": 25, "voltage": 50, "current": 0, "area_code": 73}}
-            for n, bank in sorted(placed.items())
-        ]
-        assert message["device"]["serial_number"] == serial
-        return compact(message)
+        signal_strength = random.Random(timestamp).randint(10, 31)
+        message = wire.full_message(station_serial(index), slots, timestamp=timestamp, signal_strength=signal_strength)
+        return wire.compact_json(message)
 
     def take(self) -> tuple[int, int, str] | None:
         """A customer takes a bank out of a random cabinet (the rental is started elsewhere)."""
@@ -861,21 +807,16 @@ class Fleet:
             self.rented.discard(bank)
             self.layout[index][number] = bank
             battery = self.battery[bank] = max(5, self.battery[bank] - self.rng.randint(10, 40))
-        return compact({
-            "type": "returned", "timestamp": timestamp,
-            "device": {"serial_number": station_serial(index), "last_heartbeat": iso(timestamp)},
-            "return_event": {"power_bank_serial": bank, "slot_number": number, "battery_level": battery,
-                             "returned_at": iso(timestamp), "condition": "NORMAL",
-                             "hardware_info": {"temperature": 28, "voltage": 4800, "current": 0}},
-        })
+        return wire.compact_json(
+            wire.returned_message(station_serial(index), bank, number, battery=battery, timestamp=timestamp)
+        )
 
     def status(self, timestamp: int) -> bytes:
         with self.lock:
             index = self.rng.choice(list(self.layout))
             self.online[index] = not self.online[index]
             status = "ONLINE" if self.online[index] else "OFFLINE"
-        return compact({"type": "status", "timestamp": timestamp,
-                        "device": {"serial_number": station_serial(index), "status": status}})
+        return wire.compact_json(wire.status_message(station_serial(index), status, timestamp=timestamp))
 
 
 def soak(args) -> None:

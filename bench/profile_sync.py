@@ -29,11 +29,12 @@ from bench import (  # noqa: E402
     OUR_TOKEN_SCRIPT,
     PG_DEFAULT,
     ROOT,
+    SECRET,
     full_sync_bodies,
     our_env,
     recreate_database,
     run,
-    sign,
+    wire,
 )
 
 
@@ -77,7 +78,7 @@ def main() -> None:
         timestamp = int(time.time())
         environ = {
             "REQUEST_METHOD": "POST",
-            "PATH_INFO": "/api/internal/stations/data",
+            "PATH_INFO": wire.DATA_PATH,
             "SCRIPT_NAME": "",
             "QUERY_STRING": "",
             "SERVER_NAME": "127.0.0.1",
@@ -89,7 +90,7 @@ def main() -> None:
             "CONTENT_LENGTH": str(len(body)),
             "HTTP_AUTHORIZATION": f"Bearer {token}",
             "HTTP_X_TIMESTAMP": str(timestamp),
-            "HTTP_X_SIGNATURE": sign(body, timestamp),
+            "HTTP_X_SIGNATURE": wire.sign(SECRET, body, timestamp),
             "wsgi.input": io.BytesIO(body),
             "wsgi.url_scheme": "http",
             "wsgi.errors": sys.stderr,

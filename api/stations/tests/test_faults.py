@@ -7,9 +7,7 @@ user to run a private server as; they skip, saying why, where those are missing,
 them. Nothing here touches the machine's shared PostgreSQL server.
 """
 
-import base64
 import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -28,6 +26,7 @@ from django.conf import settings
 from django.test import SimpleTestCase
 
 from api.stations.tests.factories import compact, full_payload
+from iot_tools.wire import signed_headers
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
 SECRET = "fault-test-signing-secret-" + "s" * 30
@@ -82,10 +81,6 @@ class PrivatePostgres:
     def cleanup(self):
         self.stop("immediate")
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def sign(body: bytes, timestamp: int) -> str:
-    return base64.b64encode(hmac.new(SECRET.encode(), body + str(timestamp).encode(), hashlib.sha256).digest()).decode()
 
 
 @unittest.skipIf(_skip_reason(), _skip_reason() or "")
@@ -157,10 +152,9 @@ class FaultTests(SimpleTestCase):
     def post(self, body: bytes, timeout=30):
         timestamp = int(time.time())
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        connection.request("POST", "/api/internal/stations/data", body=body, headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {self.token}",
-            "X-Timestamp": str(timestamp), "X-Signature": sign(body, timestamp),
-        })
+        connection.request("POST", "/api/internal/stations/data", body=body, headers=signed_headers(
+            SECRET, body, timestamp, authorization=f"Bearer {self.token}"
+        ))
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), json.loads(response.read() or b"null")
 
@@ -234,10 +228,9 @@ class FaultTests(SimpleTestCase):
                                     capture_output=True, text=True).stdout.split()[0])
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         timestamp = int(time.time())
-        connection.request("POST", "/api/internal/stations/data", body=body, headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {self.token}",
-            "X-Timestamp": str(timestamp), "X-Signature": sign(body, timestamp),
-        })
+        connection.request("POST", "/api/internal/stations/data", body=body, headers=signed_headers(
+            SECRET, body, timestamp, authorization=f"Bearer {self.token}"
+        ))
         deadline = time.time() + 15
         waiting = []
         while time.time() < deadline and not waiting:

@@ -42,7 +42,6 @@ from api.stations.models import (
     StationStatusHistory,
     StatusTrigger,
 )
-from api.stations.services.utils.sign_chargeghar_main import SignChargeGharMain
 from api.stations.tests import strategies as hostile
 from api.stations.tests.factories import (
     ENDPOINT,
@@ -56,6 +55,7 @@ from api.stations.tests.factories import (
     status_payload,
 )
 from api.stations.tests.fleet import invariant_violations
+from iot_tools.wire import sign
 from main_app.exceptions import Conflict
 
 SCALE = float(os.environ.get("HOSTILE_INPUT_SCALE", "1"))
@@ -129,8 +129,6 @@ class HostileInputTestCase(TestCase):
     Hypothesis rolls the database back to this after every example.
     """
 
-    signer = SignChargeGharMain(secret_key=TEST_SECRET)
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -192,7 +190,7 @@ class HostileInputTestCase(TestCase):
             CONTENT_TYPE="application/json",
             HTTP_AUTHORIZATION=self.staff_bearer,
             HTTP_X_TIMESTAMP=str(timestamp),
-            HTTP_X_SIGNATURE=self.signer.generate_signature(body, timestamp),
+            HTTP_X_SIGNATURE=sign(TEST_SECRET, body, timestamp),
             **meta,
         )
 
@@ -324,7 +322,7 @@ class HeaderTests(HostileInputTestCase):
         signed_with = now
         if x_timestamp and x_timestamp.isascii() and x_timestamp.isdigit() and len(x_timestamp) < 20:
             signed_with = int(x_timestamp)
-        signature = self.signer.generate_signature(body, signed_with)
+        signature = sign(TEST_SECRET, body, signed_with)
         if "X-Signature" in broken:
             signature = data.draw(hostile.x_signatures(signature), label="X-Signature")
         content_type = "application/json"

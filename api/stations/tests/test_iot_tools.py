@@ -1,5 +1,6 @@
 """
-The reference sender (`iot_client`), `manage.py iot_send` and `manage.py simulate_stations`.
+The wire module and the reference sender (`iot_tools`), `manage.py iot_send` and
+`manage.py simulate_stations`.
 
 The fleet model and the client's retry rules are tested without a server; the commands are
 tested against a live server (Django's `LiveServerTestCase`) with signature checking on.
@@ -8,6 +9,9 @@ tested against a live server (Django's `LiveServerTestCase`) with signature chec
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 from collections import Counter
@@ -23,14 +27,17 @@ from django.db import connection
 from django.test import LiveServerTestCase, SimpleTestCase, override_settings
 
 from api.rentals.models import PaymentModel, Rental, RentalPackage, RentalStatus
-from api.stations.iot_client import DATA_PATH, LOGIN_PATH, IoTSender, compact_json, sign
 from api.stations.management.commands import iot_send
 from api.stations.models import IoTEvent, IoTEventOutcome, PowerBank, Station
 from api.stations.services.schemas import parse_message
 from api.stations.services.utils.sign_chargeghar_main import SignChargeGharMain
-from api.stations.simulator import Fleet, FleetConfig, Message, Take, luhn_check_digit
+from iot_tools import wire
+from iot_tools.client import LOGIN_PATH, IoTSender
+from iot_tools.simulator import Fleet, FleetConfig, Message, Take, luhn_check_digit
+from iot_tools.wire import DATA_PATH, compact_json
 
-MESSAGES_DIR = Path(__file__).resolve().parents[3] / "contrib" / "messages"
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+MESSAGES_DIR = PROJECT_ROOT / "contrib" / "messages"
 SECRET = "iot-tools-test-secret-0123456789abcdef0123456789"
 assert len(SECRET) == 48
 EMAIL = "iot-sender@chargeghar.test"
@@ -92,15 +99,68 @@ def header(request, name):
     return dict(request.header_items())[name.capitalize()]
 
 
-class IoTClientTests(SimpleTestCase):
-    def test_signature_matches_the_servers_and_is_44_base64_characters(self):
-        body = compact_json({"type": "status", "device": {"error_message": "孔位异常：0X04"}})
-        self.assertIn("孔位异常".encode(), body)  # raw UTF-8, not \\u escapes
-        self.assertNotIn(b" ", body)
-        expected = SignChargeGharMain(secret_key=SECRET).generate_signature(body, 1762905971)
-        self.assertEqual(sign(SECRET, body, 1762905971), expected)
-        self.assertEqual(len(expected), 44)
+class WireTests(SimpleTestCase):
+    def test_compact_json_is_the_senders_byte_form(self):
+        body = compact_json({"type": "status", "device": {"error_message": "孔位异常：0X04", "a": 1}})
+        self.assertEqual(body, '{"type":"status","device":{"error_message":"孔位异常：0X04","a":1}}'.encode())
 
+    def test_the_builders_write_the_example_messages_field_for_field(self):
+        stamp = "2025-11-12T00:06:11.126Z"
+        full = wire.full_message(
+            "864601069946994",
+            [
+                wire.SlotState(1, "40818048", 40, temperature=22, error=("0x04", "孔位异常：0X04")),
+                wire.SlotState(2, "40818052", 100),
+                wire.SlotState(3, "408180617", 85, temperature=24, lock_count=2),
+                wire.SlotState(4, lock_count=1),
+            ],
+            timestamp=1762905971,
+            last_heartbeat=stamp,
+            slots_updated_at=stamp,
+        )
+        returned = wire.returned_message(
+            "864601069946994", "40818099", 4, battery=100, timestamp=1762906000,
+            returned_at="2025-11-12T00:06:40.512Z",
+        )
+        status = wire.status_message("864601069946994", "OFFLINE", timestamp=1762906100)
+        for name, built in (("full.json", full), ("returned.json", returned), ("status.json", status)):
+            with self.subTest(name):
+                example = json.loads((MESSAGES_DIR / name).read_text("utf-8"))
+                self.assertEqual(compact_json(built), compact_json(example))
+                parse_message(built)
+
+    def test_times_are_written_as_javas_instant_writes_them(self):
+        self.assertEqual(wire.iso_utc(1762905971.126), "2025-11-12T00:06:11.126Z")
+        self.assertEqual(wire.iso_utc(1762905971), "2025-11-12T00:06:11Z")
+
+    def test_signed_headers_pass_the_servers_check(self):
+        body = compact_json(wire.status_message("864601069946994", "ONLINE", timestamp=1762905971))
+        headers = wire.signed_headers(SECRET, body, 1762905971, authorization="Bearer t")
+        self.assertEqual(
+            list(headers), ["Content-Type", "Accept", "Authorization", "X-Timestamp", "X-Signature"]
+        )
+        self.assertEqual(headers["X-Timestamp"], "1762905971")
+        with mock.patch("time.time", return_value=1762905971.5):
+            result = SignChargeGharMain(secret_key=SECRET).validate_signature(
+                body, int(headers["X-Timestamp"]), headers["X-Signature"]
+            )
+        self.assertEqual(result, (True, ""))
+
+
+    def test_iot_tools_and_the_bench_import_without_django(self):
+        # The bench runs in the seed baseline's virtualenv too, and the tools outside Django.
+        code = (
+            "import sys; sys.path.insert(0, 'bench'); import bench, iot_tools.client, iot_tools.simulator; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'api', 'main_app')))"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual((done.returncode, done.stdout.strip()), (0, "[]"), done.stderr)
+
+
+class IoTClientTests(SimpleTestCase):
     def test_timeouts_are_retried_with_the_identical_body_and_fresh_signatures(self):
         opener = ScriptedOpener(TimeoutError(), TimeoutError(), TimeoutError())
         clock = FakeClock(START)

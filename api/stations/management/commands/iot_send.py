@@ -5,7 +5,7 @@ Send one message file to the station data endpoint exactly as the Java sender wo
         --email admin@chargeghar.local --password ... --secret ...
 
 The file is re-serialized compactly in its own key order (or, with --raw, sent byte for
-byte), signed, and delivered with the sender's login and retry rules (api/stations/iot_client.py).
+byte), signed, and delivered with the sender's login and retry rules (iot_tools/client.py).
 Each attempt is printed, then the final answer. Exit status 0 on HTTP 200, 1 otherwise.
 """
 
@@ -14,16 +14,16 @@ import json
 import sys
 import time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from api.stations.iot_client import (
-    IoTSender,
-    RequestRecord,
-    add_sender_arguments,
-    compact_json,
-    describe,
-    sender_from_options,
-)
+from iot_tools.client import IoTSender, RequestRecord, add_sender_arguments, describe, sender_from_options
+from iot_tools.wire import DATA_PATH, compact_json
+
+
+def configured_secret() -> str:
+    """The server's own signing secret, the last fallback for --secret."""
+    return getattr(settings, "IOT_SYSTEM_SIGNATURE_SECRET", "")
 
 
 class Command(BaseCommand):
@@ -67,12 +67,13 @@ class Command(BaseCommand):
                 options,
                 retry_sleeps=() if no_retry else (2, 4),
                 timestamp_offset=timestamp_offset,
+                default_secret=configured_secret,
                 factory=self.sender_class,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
 
-        self.stdout.write(f"POST {sender.base_url}/api/internal/stations/data as {sender.email}")
+        self.stdout.write(f"POST {sender.base_url}{DATA_PATH} as {sender.email}")
         self.stdout.write(
             f"body: {len(body)} bytes, SHA-256 {hashlib.sha256(body).hexdigest()} "
             f"({self._describe_body(body)})"

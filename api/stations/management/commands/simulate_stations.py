@@ -5,7 +5,7 @@ formats, signatures and retry rules.
     manage.py simulate_stations --url http://127.0.0.1:8000 --stations 20 --slots 8 \
         --interval 5 --duration 60 --seed 1 --email ... --password ... --secret ...
 
-The fleet model is api/stations/simulator.py; the sender is api/stations/iot_client.py.
+The fleet model is iot_tools/simulator.py; the sender is iot_tools/client.py.
 """
 
 import ipaddress
@@ -20,9 +20,10 @@ from django.db import connection
 
 from api.rentals.models import RentalPackage
 from api.rentals.services.rental_service import RentalService
-from api.stations.iot_client import add_sender_arguments, sender_from_options
+from api.stations.management.commands.iot_send import configured_secret
 from api.stations.models import PowerBank
-from api.stations.simulator import DEFAULT_PREFIX, MAX_SLOTS, MIN_SLOTS, Fleet, FleetConfig, FleetRunner, Take
+from iot_tools.client import add_sender_arguments, sender_from_options
+from iot_tools.simulator import DEFAULT_PREFIX, MAX_SLOTS, MIN_SLOTS, Fleet, FleetConfig, FleetRunner, Take
 from main_app.exceptions import ApiError
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ class Command(BaseCommand):
         if options["duration"] is not None and options["duration"] <= 0:
             raise CommandError("--duration must be positive")
         try:
-            sender = sender_from_options(options, timeout=options["timeout"])
+            sender = sender_from_options(options, default_secret=configured_secret, timeout=options["timeout"])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
 

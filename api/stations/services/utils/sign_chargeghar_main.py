@@ -4,16 +4,17 @@ HMAC-SHA256 request signatures shared with the Java IoT management system.
 The sender signs `body + str(timestamp)` (the exact body string with the decimal Unix
 timestamp appended, no separator) with the shared secret as UTF-8, and sends the digest as
 standard Base64 with padding (44 characters). We verify over the raw bytes we received,
-never over re-serialized JSON.
+never over re-serialized JSON. The signature itself is `iot_tools.wire.sign`, the one the
+reference sender uses too.
 """
 
-import base64
-import hashlib
 import hmac
 import time
 from collections.abc import Iterable
 
 from django.conf import settings
+
+from iot_tools.wire import sign
 
 
 def _as_bytes(value: str | bytes) -> bytes:
@@ -36,14 +37,9 @@ class SignChargeGharMain:
             _as_bytes(s) for s in previous_secrets if s and s != self.secret_key
         ]
 
-    @staticmethod
-    def _digest(key: bytes, payload: str | bytes, timestamp: int) -> bytes:
-        message = _as_bytes(payload) + str(timestamp).encode("ascii")
-        return hmac.new(key, message, hashlib.sha256).digest()
-
     def generate_signature(self, payload: str | bytes, timestamp: int) -> str:
         """Base64 HMAC-SHA256 of `payload + timestamp` with the current secret."""
-        return base64.b64encode(self._digest(self._keys[0], payload, timestamp)).decode("ascii")
+        return sign(self._keys[0], payload, timestamp)
 
     def validate_signature(
         self,
@@ -71,7 +67,7 @@ class SignChargeGharMain:
         # Compare against every key without stopping early, in constant time per key.
         matched = False
         for key in self._keys:
-            expected = base64.b64encode(self._digest(key, payload, timestamp))
+            expected = sign(key, payload, timestamp).encode("ascii")
             matched |= hmac.compare_digest(expected, received)
         if not matched:
             return False, "Signature mismatch"

@@ -1,6 +1,6 @@
 """
 A fleet of simulated cabinets that produces the real sender's traffic, and a runner that
-sends it (used by `manage.py simulate_stations`).
+sends it (used by `manage.py simulate_stations`). Standard library only.
 
 The fleet is a discrete-event model: every station, bank and flap has its next event in
 one time-ordered queue, and `Fleet.advance(until)` plays the events up to a moment and
@@ -31,9 +31,9 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 
-from api.stations.iot_client import IoTSender, SendResult, compact_json
+from iot_tools.client import IoTSender, SendResult
+from iot_tools.wire import SlotState, compact_json, full_message, iso_utc, returned_message, status_message
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +72,6 @@ def station_imei(prefix: str, index: int) -> str:
     if len(body) != 14:
         raise ValueError(f"Station number {index} does not fit after prefix {prefix!r}.")
     return body + luhn_check_digit(body)
-
-
-def iso_utc(moment: float) -> str:
-    """ISO 8601 UTC with milliseconds, the fraction left out when it is zero (sender style)."""
-    value = datetime.fromtimestamp(moment, tz=UTC)
-    millis = value.microsecond // 1000
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
 
 
 @dataclass
@@ -267,9 +259,6 @@ class Fleet:
             produced.extend(getattr(self, f"_on_{kind}")(at, target))
         return produced
 
-    def next_event_at(self) -> float | None:
-        return self._events[0][0] if self._events else None
-
     def _maybe_resend(self, message: Message) -> list[Message]:
         if self.rng.random() < self.config.resend_probability:
             self.counts["resends"] += 1
@@ -357,7 +346,17 @@ class Fleet:
         self.counts["returns"] += 1
         # Cabinets often report the level they last knew, or 0, in the return event.
         reported = 0 if self.rng.random() < 0.2 else bank.battery
-        body = compact_json(return_payload(station, slot, bank, reported, at))
+        body = compact_json(
+            returned_message(
+                station.serial,
+                bank.serial,
+                slot.number,
+                battery=reported,
+                timestamp=int(at),
+                returned_at=iso_utc(at),
+                temperature=bank.temperature,
+            )
+        )
         return self._maybe_resend(Message(station.serial, "returned", body, int(at)))
 
     def _on_offline(self, at: float, station: SimStation) -> list[Message]:
@@ -366,103 +365,36 @@ class Fleet:
         station.online = False
         self.counts["flaps"] += 1
         self._schedule(at + self._jittered(0.1, 0.4), "online", station)
-        body = compact_json(status_payload(station, "OFFLINE", at))
+        body = compact_json(status_message(station.serial, "OFFLINE", timestamp=int(at)))
         return self._maybe_resend(Message(station.serial, "status", body, int(at)))
 
     def _on_online(self, at: float, station: SimStation) -> list[Message]:
         station.online = True
-        body = compact_json(status_payload(station, "ONLINE", at))
+        body = compact_json(status_message(station.serial, "ONLINE", timestamp=int(at)))
         return self._maybe_resend(Message(station.serial, "status", body, int(at)))
 
 
-# --- Payloads in the sender's key order ------------------------------------------------
+# --- Payloads ----------------------------------------------------------------------------
 
 
 def full_payload(station: SimStation, at: float) -> dict:
     stamp = iso_utc(at)
-    slots, banks = [], []
+    slots = []
     for slot in station.slots:
-        bank = slot.bank
-        metadata = {
-            "micro_switch": "0",
-            "solenoid_valve": "1" if slot.error else "0",
-            "lock_count": slot.lock_count,
-            "last_updated": stamp,
-        }
-        if slot.error:
-            metadata["error_code"], metadata["error_message"] = slot.error
-        slots.append(
-            {
-                "slot_number": slot.number,
-                "status": "ERROR" if slot.error else ("OCCUPIED" if bank else "AVAILABLE"),
-                "battery_level": bank.battery if bank else 0,
-                "power_bank_serial": bank.serial if bank else "",
-                "slot_metadata": metadata,
-            }
-        )
-        if bank is not None:
-            banks.append(
-                {
-                    "serial_number": bank.serial,
-                    "status": "MAINTENANCE" if slot.error else "AVAILABLE",
-                    "battery_level": bank.battery,
-                    "current_slot": slot.number,
-                    "hardware_info": {
-                        "temperature": bank.temperature,
-                        "voltage": 50,
-                        "current": 2 if bank.battery < 100 else 0,
-                        "area_code": 73,
-                    },
-                }
-            )
-    return {
-        "type": "full",
-        "timestamp": int(at),
-        "device": {
-            "serial_number": station.serial,
-            "imei": station.serial,
-            "signal_strength": str(station.signal),
-            "wifi_ssid": "",
-            "last_heartbeat": stamp,
-            "status": "ONLINE",
-            "hardware_info": {"firmware_version": "2.1.5", "protocol_version": "0xA8"},
-        },
-        "station": {
-            "serial_number": station.serial,
-            "total_slots": len(station.slots),
-            "pinboards": [
-                {"index": board, "io": 0, "temperature": 0, "soft_version": 4, "hard_version": 15}
-                for board in range(1, (len(station.slots) + 3) // 4 + 1)
-            ],
-        },
-        "slots": slots,
-        "power_banks": banks,
-    }
-
-
-def return_payload(station: SimStation, slot: SimSlot, bank: SimBank, battery: int, at: float) -> dict:
-    stamp = iso_utc(at)
-    return {
-        "type": "returned",
-        "timestamp": int(at),
-        "device": {"serial_number": station.serial, "last_heartbeat": stamp},
-        "return_event": {
-            "power_bank_serial": bank.serial,
-            "slot_number": slot.number,
-            "battery_level": battery,
-            "returned_at": stamp,
-            "condition": "NORMAL",
-            "hardware_info": {"temperature": bank.temperature, "voltage": 4800, "current": 0},
-        },
-    }
-
-
-def status_payload(station: SimStation, status: str, at: float) -> dict:
-    return {
-        "type": "status",
-        "timestamp": int(at),
-        "device": {"serial_number": station.serial, "status": status},
-    }
+        state = SlotState(slot.number, error=slot.error, lock_count=slot.lock_count)
+        if slot.bank is not None:
+            state = state._replace(bank=slot.bank.serial, battery=slot.bank.battery, temperature=slot.bank.temperature)
+        slots.append(state)
+    return full_message(
+        station.serial,
+        slots,
+        timestamp=int(at),
+        signal_strength=station.signal,
+        last_heartbeat=stamp,
+        slots_updated_at=stamp,
+        # One pinboard per four slots, as the cabinets are built.
+        pinboards=(len(station.slots) + 3) // 4,
+    )
 
 
 # --- Statistics ------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ the Java team can compare their sender against (DESIGN sections 1 and 2):
 - Log in with `POST /api/admin/login {"email", "password"}`; only HTTP 200 with both
   `data.access_token` and `data.refresh_token` counts. Log in lazily, again when the token
   is older than 55 minutes, and again whenever the data endpoint answers 401.
-- `POST /api/internal/stations/data` with `Content-Type: application/json`,
-  `Authorization: Bearer <token>`, `X-Timestamp: <unix seconds>` and
+- `POST /api/internal/stations/data` with the headers of `wire.signed_headers`:
+  `Content-Type: application/json`, `Authorization: Bearer <token>`,
+  `X-Timestamp: <unix seconds>` and
   `X-Signature: base64(HMAC-SHA256(secret as UTF-8, body + timestamp))`.
 - Only HTTP 200 is success. Anything else, a 15 s read timeout or a connection error is
   retried: 3 attempts in all, sleeping 2 s then 4 s, with the identical body and a fresh
@@ -17,14 +18,10 @@ the Java team can compare their sender against (DESIGN sections 1 and 2):
   same attempt (docs/contract.md, "Retries"), once per attempt so a login that keeps
   producing rejected tokens cannot loop.
 
-Only the standard library is used, and the signature is computed here independently of the
-server's `SignChargeGharMain` (the tests check that both agree), so this module also works
-outside Django. The secret, the tokens and the signatures are never logged or printed.
+Only the standard library is used, so this works outside Django. The secret, the tokens and
+the signatures are never logged or printed.
 """
 
-import base64
-import hashlib
-import hmac
 import http.client
 import json
 import logging
@@ -38,27 +35,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from iot_tools.wire import DATA_PATH, compact_json, signed_headers
+
 logger = logging.getLogger(__name__)
 
 LOGIN_PATH = "/api/admin/login"
-DATA_PATH = "/api/internal/stations/data"
 # The sender logs in again this long after its last login (the token lives 60 minutes).
 TOKEN_MAX_AGE_SECONDS = 55 * 60
 DEFAULT_TIMEOUT = 15
 DEFAULT_RETRY_SLEEPS = (2, 4)
-
-
-def compact_json(payload: Any) -> bytes:
-    """The body as the Java sender writes it: no spaces, keys in the given order, raw UTF-8."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    """Base64 (with padding) of HMAC-SHA256(secret as UTF-8, body + decimal timestamp)."""
-    digest = hmac.new(
-        secret.encode("utf-8"), body + str(timestamp).encode("ascii"), hashlib.sha256
-    ).digest()
-    return base64.b64encode(digest).decode("ascii")
 
 
 class LoginFailed(Exception):
@@ -291,22 +276,11 @@ class IoTSender:
                 return self._access_token, False
             return self._login_locked(), True
 
-    def forget_token(self) -> None:
-        with self._lock:
-            self._access_token = None
-            self._token_obtained_at = None
-
     # --- Sending ------------------------------------------------------------------------
 
     def _post_data(self, body: bytes, token: str) -> tuple[int, HttpAnswer]:
         timestamp = int(self.clock()) + self.timestamp_offset
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "Authorization": f"Bearer {token}",
-            "X-Timestamp": str(timestamp),
-            "X-Signature": sign(self._secret, body, timestamp),
-        }
+        headers = signed_headers(self._secret, body, timestamp, authorization=f"Bearer {token}")
         return timestamp, self._http(self.base_url + DATA_PATH, body, headers)
 
     def send(
@@ -415,19 +389,21 @@ def add_sender_arguments(parser) -> None:
     )
 
 
-def sender_from_options(options: dict, *, factory: Callable[..., IoTSender] = IoTSender, **kwargs) -> IoTSender:
+def sender_from_options(
+    options: dict,
+    *,
+    default_secret: Callable[[], str] = lambda: "",
+    factory: Callable[..., IoTSender] = IoTSender,
+    **kwargs,
+) -> IoTSender:
     """
     Build an `IoTSender` from --url/--email/--password/--secret, falling back to the
-    environment and, for the secret, to this project's settings. Raises ValueError with a
-    message fit for the user when something is missing.
+    environment and, for the secret, to `default_secret()` (asked only when neither gave
+    one). Raises ValueError with a message fit for the user when something is missing.
     """
     email = options.get("email") or os.environ.get("IOT_SEND_EMAIL")
     password = options.get("password") or os.environ.get("IOT_SEND_PASSWORD")
-    secret = options.get("secret") or os.environ.get("IOT_SYSTEM_SIGNATURE_SECRET")
-    if not secret:
-        from django.conf import settings
-
-        secret = getattr(settings, "IOT_SYSTEM_SIGNATURE_SECRET", "")
+    secret = options.get("secret") or os.environ.get("IOT_SYSTEM_SIGNATURE_SECRET") or default_secret()
     missing = [
         name
         for name, value in (
