@@ -1,16 +1,21 @@
 """
 One error vocabulary for the whole API (DESIGN section 3).
 
-Services and views raise `ApiError` subclasses; DRF's own exceptions and database outages
-are mapped onto the same codes by `api_exception_handler`. Every failure reaches the client
-as `{"success": false, "message": ..., "error": CODE}` (plus `errors` for validation), and
-never with exception text or a stack trace.
+Every code the API answers is an `ApiError` subclass defined here (`ERROR_CODES` lists them),
+and docs/contract.md lists the same codes: main_app/tests/test_error_vocabulary.py holds the
+two together. Services, middleware and views raise these classes; DRF's own exceptions and
+database outages are mapped onto them by `api_exception_handler`. Every failure reaches the
+client as `{"success": false, "message": ..., "error": CODE}` (plus `errors` for validation),
+and never with exception text or a stack trace.
 """
 
 import json
 import logging
+import sqlite3
 
+import psycopg
 from django.conf import settings
+from django.db import Error as DjangoDatabaseError
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from django.views import defaults
@@ -28,21 +33,26 @@ class ApiError(Exception):
     status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
     default_message = "The server could not process the request."
 
-    def __init__(self, message=None, *, errors=None, headers=None, code=None, status_code=None):
+    def __init__(self, message=None, *, errors=None, headers=None):
         super().__init__(message or self.default_message)
         self.message = message or self.default_message
         self.errors = errors
         self.headers = headers or {}
-        if code:
-            self.code = code
-        if status_code:
-            self.status_code = status_code
 
     def payload(self) -> dict:
         body = {"success": False, "message": self.message, "error": self.code}
         if self.errors is not None:
             body["errors"] = self.errors
         return body
+
+
+# --- 400 ---------------------------------------------------------------------------------------
+
+
+class InvalidRequest(ApiError):
+    code = "INVALID_REQUEST"
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_message = "The request is malformed."
 
 
 class ValidationFailed(ApiError):
@@ -69,10 +79,13 @@ class InvalidContentType(ApiError):
     default_message = "Content-Type must be application/json."
 
 
-class PayloadTooLarge(ApiError):
-    code = "PAYLOAD_TOO_LARGE"
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_message = "The request body is too large."
+class InvalidTimestamp(ApiError):
+    code = "INVALID_TIMESTAMP"
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_message = "X-Timestamp must be a plain integer of Unix seconds."
+
+
+# --- 401 and 403 -------------------------------------------------------------------------------
 
 
 class InvalidCredentials(ApiError):
@@ -91,10 +104,74 @@ class NotAuthenticated(ApiError):
         super().__init__(message, **kwargs)
 
 
+class IpNotAllowed(ApiError):
+    code = "IP_NOT_ALLOWED"
+    status_code = status.HTTP_403_FORBIDDEN
+    default_message = "Source address is not allowed."
+
+
+class MissingHeaders(ApiError):
+    code = "MISSING_HEADERS"
+    status_code = status.HTTP_403_FORBIDDEN
+    default_message = "Missing X-Signature or X-Timestamp header."
+
+
+class InvalidSignature(ApiError):
+    code = "INVALID_SIGNATURE"
+    status_code = status.HTTP_403_FORBIDDEN
+    default_message = "Signature validation failed."
+
+
 class PermissionDenied(ApiError):
     code = "PERMISSION_DENIED"
     status_code = status.HTTP_403_FORBIDDEN
     default_message = "You do not have permission to perform this action."
+
+
+# --- Other 4xx ---------------------------------------------------------------------------------
+
+
+class NotFound(ApiError):
+    code = "NOT_FOUND"
+    status_code = status.HTTP_404_NOT_FOUND
+    default_message = "Not found."
+
+
+class MethodNotAllowed(ApiError):
+    code = "METHOD_NOT_ALLOWED"
+    status_code = status.HTTP_405_METHOD_NOT_ALLOWED
+    default_message = "Method not allowed."
+
+
+class NotAcceptable(ApiError):
+    code = "NOT_ACCEPTABLE"
+    status_code = status.HTTP_406_NOT_ACCEPTABLE
+    default_message = "Not acceptable."
+
+
+class Conflict(ApiError):
+    code = "CONFLICT"
+    status_code = status.HTTP_409_CONFLICT
+    default_message = "The request conflicts with the current state."
+
+
+class PayloadTooLarge(ApiError):
+    code = "PAYLOAD_TOO_LARGE"
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_message = "The request body is too large."
+
+
+class Throttled(ApiError):
+    code = "THROTTLED"
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_message = "Too many requests."
+
+    def __init__(self, message=None, *, wait: float | None = None, **kwargs):
+        kwargs.setdefault("headers", {"Retry-After": str(int(wait or 1))})
+        super().__init__(message, **kwargs)
+
+
+# --- 503 ---------------------------------------------------------------------------------------
 
 
 class ServiceUnavailable(ApiError):
@@ -107,32 +184,71 @@ class ServiceUnavailable(ApiError):
         super().__init__(message, **kwargs)
 
 
-class Conflict(ApiError):
-    code = "CONFLICT"
-    status_code = status.HTTP_409_CONFLICT
-    default_message = "The request conflicts with the current state."
+def _defined_here(base: type[ApiError]) -> list[type[ApiError]]:
+    found = []
+    for subclass in base.__subclasses__():
+        if subclass.__module__ == __name__:
+            found += [subclass, *_defined_here(subclass)]
+    return found
+
+
+# Every code the API can answer, with its class.
+ERROR_CODES: dict[str, type[ApiError]] = {error.code: error for error in (ApiError, *_defined_here(ApiError))}
+
+
+# --- Database unavailability -------------------------------------------------------------------
+
+# SQLSTATEs (PostgreSQL, appendix A) that mean the server cannot serve us now, whatever the
+# statement: the same request succeeds once it can, so the client is told to retry (503).
+# Any other SQLSTATE is about the statement or the data, and is a 500.
+UNAVAILABLE_SQLSTATE_CLASSES = frozenset(
+    {
+        "08",  # connection exception: the connection could not be made, or broke
+        # insufficient resources: too many connections, out of memory, disk full. The server
+        # is short of capacity, not the request wrong; an idempotent retry costs nothing.
+        "53",
+    }
+)
+UNAVAILABLE_SQLSTATES = frozenset(
+    {
+        "57P01",  # admin_shutdown: the server is stopping
+        "57P02",  # crash_shutdown: another server process crashed; every session is reset
+        "57P03",  # cannot_connect_now: starting up, shutting down or in recovery
+        "57P05",  # idle_session_timeout: the server closed a persistent connection we kept
+    }
+)
+# SQLite (the zero set-up database) has no SQLSTATE: its primary result codes stand in.
+# SQLITE_BUSY, "database is locked", means another connection held the write lock for the
+# whole busy timeout (20 s, settings): contention, not a wrong request, and the same body
+# succeeds once that writer commits, so it is answered as unavailable. SQLITE_CANTOPEN is
+# SQLite's "cannot connect". Every other code (SQLITE_ERROR for bad SQL, ...) is a 500.
+UNAVAILABLE_SQLITE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_CANTOPEN})
+
+
+def driver_error(exc: BaseException) -> BaseException:
+    """The driver's own exception behind Django's wrapper of it (Django raises `from` it)."""
+    if isinstance(exc, DjangoDatabaseError) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
-    """True for errors that mean "the database cannot be reached", not "bad SQL"."""
-    if isinstance(exc, InterfaceError):
-        return True
-    if isinstance(exc, OperationalError):
-        text = str(exc).lower()
-        return any(
-            hint in text
-            for hint in (
-                "connection",
-                "could not connect",
-                "server closed",
-                "terminating",
-                "timeout",
-                "shutting down",
-                "the database system is",
-                "unable to open database",
-            )
-        )
-    return False
+    """True for errors that mean "the database cannot serve us now", not "bad SQL"."""
+    error = driver_error(exc)
+    if isinstance(error, psycopg.Error):
+        if error.sqlstate is None:
+            # No answer from the server at all: libpq failed to connect (refused, timed out,
+            # name not resolved) or lost the connection under a statement; InterfaceError is
+            # a connection psycopg already knows to be closed. (A DataError or
+            # ProgrammingError without SQLSTATE is psycopg refusing a value or a query.)
+            return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
+        return error.sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES or error.sqlstate in UNAVAILABLE_SQLSTATES
+    if isinstance(error, sqlite3.Error):
+        return (getattr(error, "sqlite_errorcode", 0) & 0xFF) in UNAVAILABLE_SQLITE_CODES
+    # Django raises its OperationalError and InterfaceError only from a driver's error (the
+    # cases above). Without one, they are taken for what PEP 249 names them: a failure of
+    # the database or of the connection to it, not of the statement.
+    return isinstance(error, (OperationalError, InterfaceError))
 
 
 def error_response(exc: ApiError) -> Response:
@@ -155,24 +271,21 @@ def to_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, drf_exceptions.PermissionDenied):
         return PermissionDenied()
     if isinstance(exc, (drf_exceptions.NotFound, Http404)):
-        return ApiError("Not found.", code="NOT_FOUND", status_code=404)
+        return NotFound()
     if isinstance(exc, drf_exceptions.MethodNotAllowed):
-        return ApiError(
-            "Method not allowed.", code="METHOD_NOT_ALLOWED", status_code=405
-        )
+        return MethodNotAllowed()
     if isinstance(exc, drf_exceptions.NotAcceptable):
-        return ApiError("Not acceptable.", code="NOT_ACCEPTABLE", status_code=406)
+        return NotAcceptable()
     if isinstance(exc, drf_exceptions.Throttled):
-        return ApiError(
-            "Too many requests.",
-            code="THROTTLED",
-            status_code=429,
-            headers={"Retry-After": str(int(exc.wait or 1))},
-        )
-    # No `isinstance(exc, DatabaseError)` guard: Django's InterfaceError is not a
-    # DatabaseError, yet a connection closed under a request surfaces as one.
+        return Throttled(wait=exc.wait)
     if is_database_unavailable(exc):
-        logger.error("Database unavailable: %s", type(exc).__name__)
+        # The driver's class and code only: its text may carry host names.
+        error = driver_error(exc)
+        logger.error(
+            "Database unavailable: %s %s",
+            type(error).__name__,
+            getattr(error, "sqlstate", None) or getattr(error, "sqlite_errorname", None) or "",
+        )
         return ServiceUnavailable()
     logger.exception("Unexpected error", exc_info=exc)
     return ApiError()
@@ -193,7 +306,7 @@ def json_error(exc: ApiError) -> JsonResponse:
 
 def handler404(request, exception=None):
     if request.path.startswith("/api/"):
-        return json_error(ApiError("Not found.", code="NOT_FOUND", status_code=404))
+        return json_error(NotFound())
     return defaults.page_not_found(request, exception)
 
 

@@ -18,6 +18,11 @@ from api.stations.services.utils.sign_chargeghar_main import get_signature_util
 from main_app.exceptions import (
     ApiError,
     InvalidContentType,
+    InvalidRequest,
+    InvalidSignature,
+    InvalidTimestamp,
+    IpNotAllowed,
+    MissingHeaders,
     PayloadTooLarge,
     json_error,
 )
@@ -26,30 +31,6 @@ logger = logging.getLogger(__name__)
 
 PROTECTED_PREFIX = "/api/internal"
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
-
-
-class IpNotAllowed(ApiError):
-    code = "IP_NOT_ALLOWED"
-    status_code = 403
-    default_message = "Source address is not allowed."
-
-
-class MissingHeaders(ApiError):
-    code = "MISSING_HEADERS"
-    status_code = 403
-    default_message = "Missing X-Signature or X-Timestamp header."
-
-
-class InvalidTimestamp(ApiError):
-    code = "INVALID_TIMESTAMP"
-    status_code = 400
-    default_message = "X-Timestamp must be a plain integer of Unix seconds."
-
-
-class InvalidSignature(ApiError):
-    code = "INVALID_SIGNATURE"
-    status_code = 403
-    default_message = "Signature validation failed."
 
 
 @lru_cache(maxsize=32)
@@ -136,7 +117,7 @@ class IoTSignatureValidationMiddleware:
         except ValueError:
             length = -1
         if length < 0:
-            raise ApiError("Invalid Content-Length.", code="INVALID_REQUEST", status_code=400)
+            raise InvalidRequest("Invalid Content-Length.")
         if length > settings.IOT_MAX_BODY_BYTES:
             raise PayloadTooLarge(
                 f"The request body is larger than {settings.IOT_MAX_BODY_BYTES} bytes."

@@ -12,6 +12,21 @@ from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiRespo
 from pydantic import BaseModel, Field, RootModel
 
 from api.stations.services.schemas import FullSyncMessage, ReturnMessage, StatusMessage
+from main_app.exceptions import (
+    ApiError,
+    InvalidContentType,
+    InvalidJson,
+    InvalidSignature,
+    InvalidTimestamp,
+    InvalidType,
+    IpNotAllowed,
+    MissingHeaders,
+    NotAuthenticated,
+    PayloadTooLarge,
+    PermissionDenied,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from main_app.openapi import error_response
 
 
@@ -171,31 +186,26 @@ STATION_DATA_RESPONSES = {
         ),
     ),
     400: error_response(
-        "INVALID_TIMESTAMP, INVALID_CONTENT_TYPE, INVALID_JSON, INVALID_TYPE or "
-        "VALIDATION_ERROR (with `errors` naming each field).",
-        "VALIDATION_ERROR",
+        f"{InvalidTimestamp.code}, {InvalidContentType.code}, {InvalidJson.code}, {InvalidType.code} or "
+        f"{ValidationFailed.code} (with `errors` naming each field).",
+        ValidationFailed,
         "Invalid 'full' message: slots.0.battery_level.",
-        400,
     ),
     401: error_response(
         "Bearer token missing, malformed or expired (with `WWW-Authenticate: Bearer`): log in again.",
-        "NOT_AUTHENTICATED",
-        "Authentication credentials were missing, malformed or expired.",
-        401,
+        NotAuthenticated,
     ),
     403: error_response(
-        "IP_NOT_ALLOWED, MISSING_HEADERS, INVALID_SIGNATURE (also for a timestamp outside the "
-        "tolerance, either way) or PERMISSION_DENIED (a non-staff token).",
-        "INVALID_SIGNATURE",
+        f"{IpNotAllowed.code}, {MissingHeaders.code}, {InvalidSignature.code} (also for a timestamp outside the "
+        f"tolerance, either way) or {PermissionDenied.code} (a non-staff token).",
+        InvalidSignature,
         "Signature validation failed: Signature mismatch",
-        403,
     ),
-    413: error_response("The body is larger than the limit (1 MiB by default).", "PAYLOAD_TOO_LARGE",
-                "The request body is larger than 1048576 bytes.", 413),
-    500: error_response("Unexpected; the message names the event to look up.", "INTERNAL_ERROR",
-                "Unexpected error; the event log has the details under event 42.", 500),
-    503: error_response("The database is unreachable; retry after `Retry-After` seconds.",
-                "SERVICE_UNAVAILABLE", "The service is temporarily unavailable; retry shortly.", 503),
+    413: error_response("The body is larger than the limit (1 MiB by default).", PayloadTooLarge,
+                "The request body is larger than 1048576 bytes."),
+    500: error_response("Unexpected; the message names the event to look up.", ApiError,
+                "Unexpected error; the event log has the details under event 42."),
+    503: error_response("The database is unreachable; retry after `Retry-After` seconds.", ServiceUnavailable),
 }
 
 SIGNATURE_HEADERS = [

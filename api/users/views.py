@@ -12,6 +12,13 @@ from api.users.serializers import (
     TokenRefreshDataSerializer,
     TokenRefreshRequestSerializer,
 )
+from main_app.exceptions import (
+    InvalidCredentials,
+    NotAuthenticated,
+    PayloadTooLarge,
+    PermissionDenied,
+    ValidationFailed,
+)
 from main_app.openapi import error_response
 from main_app.parsers import LimitedJSONParser
 
@@ -48,15 +55,13 @@ class AdminLoginView(APIView):
         request=AdminLoginSerializer,
         responses={
             200: _envelope("AdminLoginResponse", AdminLoginDataSerializer()),
-            400: error_response("Malformed body.", "VALIDATION_ERROR", "The request has missing or invalid fields.", 400),
+            400: error_response("Malformed body.", ValidationFailed),
             401: error_response(
                 "Wrong email or password (the same answer for both), or an inactive account.",
-                "INVALID_CREDENTIALS",
-                "Invalid email or password.",
-                401,
+                InvalidCredentials,
             ),
-            403: error_response("Not a staff account.", "PERMISSION_DENIED", "This account has no admin access.", 403),
-            413: error_response("Body too large.", "PAYLOAD_TOO_LARGE", "The request body is too large.", 413),
+            403: error_response("Not a staff account.", PermissionDenied, "This account has no admin access."),
+            413: error_response("Body too large.", PayloadTooLarge),
         },
         tags=["admin auth"],
     )
@@ -89,12 +94,11 @@ class AdminTokenRefreshView(APIView):
         request=TokenRefreshRequestSerializer,
         responses={
             200: _envelope("TokenRefreshResponse", TokenRefreshDataSerializer()),
-            400: error_response("Malformed body.", "VALIDATION_ERROR", "The request has missing or invalid fields.", 400),
+            400: error_response("Malformed body.", ValidationFailed),
             401: error_response(
                 "Invalid or expired refresh token: log in again.",
-                "NOT_AUTHENTICATED",
+                NotAuthenticated,
                 "The refresh token is invalid or expired.",
-                401,
             ),
         },
         tags=["admin auth"],

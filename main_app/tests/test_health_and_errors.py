@@ -4,6 +4,7 @@ every failure is JSON, and no exception text ever reaches the client.
 """
 
 import json
+import sqlite3
 from unittest import mock
 
 from django.db import IntegrityError, InterfaceError, OperationalError
@@ -22,6 +23,17 @@ SECRET_DETAIL = "secret detail"
 # --- A URLconf with views that fail, used through override_settings(ROOT_URLCONF=__name__) ---
 
 
+def sqlite_refuses(sql: str) -> OperationalError:
+    """Django's OperationalError as its SQLite backend raises it: from the driver's own error."""
+    try:
+        sqlite3.connect(":memory:").execute(sql)
+    except sqlite3.OperationalError as driver_error:
+        error = OperationalError(*driver_error.args)
+        error.__cause__ = driver_error
+        return error
+    raise AssertionError(f"SQLite ran {sql!r}")
+
+
 class FailingApiView(APIView):
     """Raises whatever `?error=` names, as a buggy or database-starved view would."""
 
@@ -30,7 +42,7 @@ class FailingApiView(APIView):
     errors = {
         "runtime": lambda: RuntimeError(SECRET_DETAIL),
         "database-down": lambda: OperationalError(f"could not connect to server: {SECRET_DETAIL}"),
-        "bad-sql": lambda: OperationalError(f"no such column: {SECRET_DETAIL}"),
+        "bad-sql": lambda: sqlite_refuses(f'SELECT * FROM "{SECRET_DETAIL}"'),
     }
 
     def get(self, request):
