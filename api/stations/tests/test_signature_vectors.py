@@ -28,7 +28,7 @@ from api.stations.services.utils.sign_chargeghar_main import SignChargeGharMain
 from iot_tools import wire
 
 # Settings are read lazily, so this still lets pytest run the file without a pytest.ini.
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "main_app.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "main_app.settings_test")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 VECTORS_DIR = PROJECT_ROOT / "contrib" / "signature_vectors"
