@@ -90,7 +90,7 @@ def _run(logged: LoggedDelivery, body: Body, *, started: float) -> Answer:
         return Answer(error.status_code, error.payload(), error.headers)
     except Exception as exc:
         error = to_api_error(exc)  # logs the traceback of an unexpected error
-        if error.code == "INTERNAL_ERROR":
+        if error.code == ApiError.code:  # unexpected: nothing the sender can act on
             # The sender learns only where to look; operators find the traceback there.
             error = ApiError(
                 f"Unexpected error; the event log has the details under event {logged.event_id}."
