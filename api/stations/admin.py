@@ -21,6 +21,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from api.rentals.selectors import recent_rentals_of_bank
+from api.stations.ingest.delivery import reprocess
 from api.stations.models import (
     IoTEvent,
     IoTEventOutcome,
@@ -31,7 +32,6 @@ from api.stations.models import (
     StationStatus,
     StationStatusHistory,
 )
-from api.stations.ingest.delivery import reprocess
 from api.stations.selectors import (
     CHARGED_BATTERY_LEVEL,
     banks_by_slot,
