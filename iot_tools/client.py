@@ -179,7 +179,6 @@ class IoTSender:
         self._lock = threading.Lock()
         self._access_token: str | None = None
         self._token_obtained_at: float | None = None
-        self.login_count = 0
 
     def __repr__(self):
         # Deliberately without password, secret or token.
@@ -251,7 +250,6 @@ class IoTSender:
             raise LoginFailed(answer.status, answer.data, answer.error)
         self._access_token = data["access_token"]
         self._token_obtained_at = self.clock()
-        self.login_count += 1
         logger.debug("Logged in to %s as %s", self.base_url, self.email)
         return self._access_token
 

@@ -180,16 +180,12 @@ class SimSlot:
 
 @dataclass
 class SimStation:
-    index: int
     serial: str
     slots: list[SimSlot]
     online: bool = True
     signal: int = 31
     fulls_built: int = 0
     held: Message | None = None  # a full sync held back, to be sent after a newer one
-
-    def slot(self, number: int) -> SimSlot:
-        return self.slots[number - 1]
 
 
 class Fleet:
@@ -205,12 +201,10 @@ class Fleet:
         config.validate()
         self.config = config
         self.rng = random.Random(config.seed)
-        self.now = start
         self.wait_for_takes = wait_for_takes
         self._events: list[tuple[float, int, str, object]] = []
         self._sequence = itertools.count()
         self._bank_serials: set[str] = set()
-        self.out: dict[str, SimBank] = {}  # banks in customers' hands
         self.counts: Counter[str] = Counter()
         self.stations = [self._new_station(index) for index in range(1, config.stations + 1)]
         for station in self.stations:
@@ -228,7 +222,6 @@ class Fleet:
     def _new_station(self, index: int) -> SimStation:
         config = self.config
         station = SimStation(
-            index=index,
             serial=station_imei(config.prefix, index),
             slots=[SimSlot(number) for number in range(1, config.slots + 1)],
             signal=self.rng.randint(18, 31),
@@ -255,7 +248,6 @@ class Fleet:
         produced: list[Message | Take] = []
         while self._events and self._events[0][0] <= until:
             at, _, kind, target = heapq.heappop(self._events)
-            self.now = at
             produced.extend(getattr(self, f"_on_{kind}")(at, target))
         return produced
 
@@ -320,7 +312,6 @@ class Fleet:
         if not self.wait_for_takes:
             take.executed.set()
         bank.origin, bank.take = station, take
-        self.out[bank.serial] = bank
         self.counts["takes"] += 1
         self._schedule(at + self.config.return_after * self.rng.uniform(1.0, 1.5), "return", bank)
         return [take]
@@ -342,7 +333,6 @@ class Fleet:
         slot.bank = bank
         slot.lock_count += 1
         bank.origin, bank.take = None, None
-        del self.out[bank.serial]
         self.counts["returns"] += 1
         # Cabinets often report the level they last knew, or 0, in the return event.
         reported = 0 if self.rng.random() < 0.2 else bank.battery
