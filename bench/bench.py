@@ -11,7 +11,8 @@ keep-alive clients) in alternating A/B rounds, and are reported side by side:
     .venv/bin/python bench/bench.py soak --minutes 3   # mixed traffic, then invariants
     .venv/bin/python bench/bench.py fixed --rate 170   # ours alone at a fixed rate (--set NAME=VALUE)
 
-The seed baseline is run from ../shared/reference/seed_baseline (never copied here) with its
+`compare` needs the seed baseline, the earlier implementation that is kept outside this
+repository: name its checkout with --seed-dir (or BENCH_SEED_DIR). It runs there with its
 own virtualenv (created in /tmp/seedenv when missing, as its README describes). Requests go
 only to 127.0.0.1. Everything is bounded by --round-seconds / --minutes.
 """
@@ -43,7 +44,8 @@ if str(ROOT) not in sys.path:
 
 from iot_tools import wire  # noqa: E402
 
-SEED_DIR = (ROOT / ".." / "shared" / "reference" / "seed_baseline").resolve()
+# Set from --seed-dir: the seed baseline's checkout, outside this repository.
+SEED_DIR: Path | None = None
 SEED_VENV = Path(os.environ.get("SEED_VENV", "/tmp/seedenv"))
 OUR_PYTHON = Path(sys.executable)
 SECRET = "bench-signing-secret-" + "x" * 32
@@ -957,7 +959,14 @@ def main() -> None:
     soak_parser = sub.add_parser("soak", help="mixed traffic and rentals for a few minutes, then invariants")
     soak_parser.add_argument("--minutes", type=float, default=3)
     soak_parser.add_argument("--rental-interval", type=float, default=0.2, help="seconds between rentals")
+    parser.add_argument("--seed-dir", type=Path, default=os.environ.get("BENCH_SEED_DIR"),
+                        help="the seed baseline's checkout (compare only; or BENCH_SEED_DIR)")
     args = parser.parse_args()
+    if args.command == "compare":
+        if args.seed_dir is None or not (Path(args.seed_dir) / "manage.py").is_file():
+            parser.error("compare needs --seed-dir (or BENCH_SEED_DIR): the seed baseline's checkout, with its manage.py")
+        global SEED_DIR
+        SEED_DIR = Path(args.seed_dir).resolve()
     {"compare": compare, "scale": scale, "soak": soak, "fixed": fixed}[args.command](args)
 
 

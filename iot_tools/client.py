@@ -2,7 +2,7 @@
 A client that sends station messages exactly as the Java IoT management system does.
 
 Used by `manage.py iot_send` and `manage.py simulate_stations`, and meant as the reference
-the Java team can compare their sender against (DESIGN sections 1 and 2):
+the Java team can compare their sender against (docs/contract.md, sections 1 and 2):
 
 - Log in with `POST /api/admin/login {"email", "password"}`; only HTTP 200 with both
   `data.access_token` and `data.refresh_token` counts. Log in lazily, again when the token

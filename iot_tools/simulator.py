@@ -8,7 +8,7 @@ returns what the cabinets would have sent by then. All decisions come from one s
 `random.Random`, so the same seed and the same start time give the same messages whatever
 the tick rate; the model needs no server and no database.
 
-What the fleet does (DESIGN section 2 formats, keys in the Java sender's order):
+What the fleet does (the formats of docs/contract.md, section 2, keys in the Java sender's order):
 
 - every station sends a `full` sync at start, then every `interval` seconds (jittered);
 - customers take charged banks (the bank is absent from the station's next full sync) and

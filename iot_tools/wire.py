@@ -1,5 +1,5 @@
 """
-The station messages as the Java IoT management system puts them on the wire (DESIGN
+The station messages as the Java IoT management system puts them on the wire (docs/contract.md,
 sections 1 and 2): the body bytes, the signature, the headers and the three message types.
 
 Everything that sends or checks a station message uses this module: the server's signature

@@ -1,5 +1,5 @@
 """
-One error vocabulary for the whole API (DESIGN section 3).
+One error vocabulary for the whole API (docs/contract.md, section 3).
 
 Every code the API answers is an `ApiError` subclass defined here (`ERROR_CODES` lists them),
 and docs/contract.md lists the same codes: main_app/tests/test_error_vocabulary.py holds the

@@ -1,5 +1,5 @@
 """
-Transport security for the IoT endpoints under /api/internal/ (DESIGN sections 3 and 5).
+Transport security for the IoT endpoints under /api/internal/ (docs/contract.md, section 3, and docs/design.md, Security).
 
 Checks, in order: source IP allowlist, signature headers, a plain-integer timestamp, the
 content type, the body size (from Content-Length, before a byte is read), then freshness

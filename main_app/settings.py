@@ -340,6 +340,8 @@ def logging_config(*, to_file, level, console_level, request_level):
         "loggers": {
             "api": {"handlers": handlers, "level": level, "propagate": False},
             "main_app": {"handlers": handlers, "level": level, "propagate": False},
+            # The sender and the fleet simulator, when run as management commands.
+            "iot_tools": {"handlers": handlers, "level": level, "propagate": False},
             "django.request": {"handlers": handlers, "level": request_level, "propagate": False},
         },
     }

@@ -122,7 +122,7 @@ serial_validator = RegexValidator(
 )
 
 
-# Operator-owned: a sync never overwrites these (DESIGN rule 5). Everything else is the sync's.
+# Operator-owned: a sync never overwrites these (docs/design.md, rule 5). Everything else is the sync's.
 OPERATOR_FIELDS = ("station_name", "address", "latitude", "longitude")
 
 

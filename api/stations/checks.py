@@ -1,5 +1,5 @@
 """
-System checks for the IoT integration (DESIGN section 5), with stable ids.
+System checks for the IoT integration (docs/design.md, Security), with stable ids.
 
 Errors stop `manage.py check --deploy` and gunicorn start-up scripts that run checks; they
 apply only with DEBUG off, where a weak secret or disabled verification is a breach.

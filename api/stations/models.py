@@ -41,7 +41,7 @@ class StatusTrigger(models.TextChoices):
     ADMIN = "ADMIN", "Operator"
 
 
-# Placeholders a new station gets until an operator places it (DESIGN rule 5).
+# Placeholders a new station gets until an operator places it (docs/design.md, rule 5).
 PENDING_ADDRESS = "Pending"
 
 
@@ -208,7 +208,7 @@ class IoTEventOutcome(models.TextChoices):
 
 class IoTEvent(models.Model):
     """
-    One row per request that passed the signature check (DESIGN rule 1).
+    One row per request that passed the signature check (docs/design.md, rule 1).
 
     The first delivery of a body owns its digest; every later delivery of the same bytes
     is a row of its own pointing at it through `duplicate_of`.

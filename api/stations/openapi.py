@@ -3,7 +3,7 @@ OpenAPI description of the station data endpoint (served at /api/schema/).
 
 The request schema is generated from the same pydantic models that validate the messages,
 so the documentation cannot drift from the validation. The examples are the real sender's
-formats (DESIGN section 2); a test posts each of them to the endpoint.
+formats (docs/contract.md, section 2); a test posts each of them to the endpoint.
 """
 
 from typing import Annotated, Literal

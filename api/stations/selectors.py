@@ -44,7 +44,7 @@ def failed_events_q() -> Q:
 
 
 def placement_pending_q() -> Q:
-    """Stations still at the placeholder location a sync gave them (DESIGN rule 5)."""
+    """Stations still at the placeholder location a sync gave them (docs/design.md, rule 5)."""
     return Q(address__in=[PENDING_ADDRESS, ""]) | Q(latitude=0, longitude=0)
 
 

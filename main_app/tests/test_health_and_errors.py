@@ -1,5 +1,5 @@
 """
-Probes for the load balancer, and the error envelope at the edges (DESIGN section 3):
+Probes for the load balancer, and the error envelope at the edges (docs/contract.md, section 3):
 every failure is JSON, and no exception text ever reaches the client.
 """
 

@@ -1,4 +1,4 @@
-"""The money of a rental: one pure function, no database (DESIGN rule 7)."""
+"""The money of a rental: one pure function, no database (docs/design.md, rule 7)."""
 
 import math
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""The charges of a rental: one pure function (DESIGN rule 7)."""
+"""The charges of a rental: one pure function (docs/design.md, rule 7)."""
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal

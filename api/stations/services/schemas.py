@@ -1,5 +1,5 @@
 """
-Schemas of the three messages the IoT system sends (DESIGN section 2).
+Schemas of the three messages the IoT system sends (docs/contract.md, section 2).
 
 pydantic (its validation core is compiled) checks types, ranges, formats and list sizes;
 the model validators add the cross-field rules: no slot twice, no bank in two slots, and
@@ -57,7 +57,7 @@ class _Message(BaseModel):
 
     @property
     def sent_at(self) -> datetime:
-        """When the sender built the message: the order of device state (DESIGN rule 3)."""
+        """When the sender built the message: the order of device state (docs/design.md, rule 3)."""
         return datetime.fromtimestamp(self.timestamp, tz=UTC)
 
 

@@ -1,4 +1,4 @@
-"""Station liveness: status messages and the heartbeat timeout (DESIGN rule 9)."""
+"""Station liveness: status messages and the heartbeat timeout (docs/design.md, rule 9)."""
 
 import logging
 from dataclasses import dataclass

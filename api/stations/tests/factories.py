@@ -1,7 +1,7 @@
 """
 Small builders for the sender's messages and a client that posts them as the sender does.
 
-The messages, their bytes and their signatures are `iot_tools.wire`'s (DESIGN section 2:
+The messages, their bytes and their signatures are `iot_tools.wire`'s (docs/contract.md, section 2:
 compact JSON, keys in the Java sender's order), with real serial formats by default.
 """
 

@@ -1,5 +1,5 @@
 """
-Concurrency on PostgreSQL with real threads and real transactions (DESIGN rule 10).
+Concurrency on PostgreSQL with real threads and real transactions (docs/design.md, rule 10).
 
 SQLite serializes every writer on one file lock, so these tests only mean something on
 PostgreSQL; they skip elsewhere and CI runs them against PostgreSQL.

@@ -1,5 +1,5 @@
 """
-The station data endpoint's answers to every kind of bad request (DESIGN section 3).
+The station data endpoint's answers to every kind of bad request (docs/contract.md, section 3).
 
 Requests go through the real URL, middleware and view with signature verification on.
 Each rejection test pins the status and error code, the exact envelope, and that nothing
@@ -661,7 +661,7 @@ class ServerErrorTests(EndpointTestCase):
 
 
 class CheckOrderTests(EndpointTestCase):
-    """IP allowlist, then signature, then bearer token, then validation (DESIGN section 3)."""
+    """IP allowlist, then signature, then bearer token, then validation (docs/contract.md, section 3)."""
 
     @override_settings(IOT_SYSTEM_ALLOWED_IPS=["203.0.113.7"])
     def test_bad_address_is_reported_before_a_bad_signature(self):

@@ -1,5 +1,5 @@
 """
-The event log and idempotency by body (DESIGN rules 1-3), and the operators' commands
+The event log and idempotency by body (docs/design.md, rules 1-3), and the operators' commands
 that re-process and prune it.
 
 The sender retries the identical body with a new X-Timestamp and signature, so every

@@ -1,4 +1,4 @@
-"""Full sync rules (DESIGN rules 3, 4, 5, 8, 9)."""
+"""Full sync rules (docs/design.md, rules 3, 4, 5, 8, 9)."""
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal

@@ -251,7 +251,7 @@ class FleetModelTests(SimpleTestCase):
             for slot in station.slots:
                 if slot.bank:
                     self.assertRegex(slot.bank.serial, r"^\d{8,9}$")
-        self.assertEqual(luhn_check_digit("86460106994699"), "4")  # the real IMEI of DESIGN
+        self.assertEqual(luhn_check_digit("86460106994699"), "4")  # the real IMEI of docs/contract.md
 
     def test_same_seed_same_traffic(self):
         first = [m.body for m in messages(fleet(seed=5).advance(START + 30))]

@@ -1,4 +1,4 @@
-"""Returns close rentals correctly (DESIGN rules 6 and 7)."""
+"""Returns close rentals correctly (docs/design.md, rules 6 and 7)."""
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal

@@ -1,5 +1,5 @@
 """
-Rules of the request signature beyond the seed's tests (DESIGN sections 1 and 5).
+Rules of the request signature beyond the seed's tests (docs/contract.md, section 2, and docs/design.md, Security).
 
 Expected signatures are the sender's, `iot_tools.wire.sign`, which test_signature_vectors
 checks against the standard library and the recorded vectors.

@@ -1,4 +1,4 @@
-"""Station liveness: status messages and the monitor command (DESIGN rule 9)."""
+"""Station liveness: status messages and the monitor command (docs/design.md, rule 9)."""
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal

@@ -1,4 +1,4 @@
-"""System checks that stop a production start with an unsafe IoT configuration (DESIGN section 5)."""
+"""System checks that stop a production start with an unsafe IoT configuration (docs/design.md, Security)."""
 
 from io import StringIO
 

@@ -1,5 +1,5 @@
 """
-The admin login API the IoT sender depends on (DESIGN sections 1 and 3).
+The admin login API the IoT sender depends on (docs/contract.md, sections 1 and 3).
 
 The sender posts `{"email", "password"}` to /api/admin/login, needs HTTP 200 and reads
 `data.access_token` and `data.refresh_token`; a 401 anywhere means "log in again". So the
