@@ -189,24 +189,20 @@ def _settle_refused(logged: LoggedDelivery, error: ApiError, *, started: float) 
 def _settle_failed(logged: LoggedDelivery, error: ApiError, exc: Exception, *, started: float) -> None:
     """The body's row becomes FAILED (processed again when redelivered), unless settled."""
     detail = event_log.operator_error(exc)
+    # The body's row counts the attempt; a repeat's own row records the same answer.
+    rows = [(logged.primary_id, IoTEventOutcome.FAILED, True)]
+    if logged.is_repeat:
+        rows.append((logged.event_id, IoTEventOutcome.DUPLICATE, False))
     try:
-        event_log.settle(
-            logged.primary_id,
-            outcome=IoTEventOutcome.FAILED,
-            http_status=error.status_code,
-            response=error.payload(),
-            duration_ms=_elapsed_ms(started),
-            error=detail,
-            attempted=True,
-        )
-        if logged.is_repeat:
+        for event_id, outcome, attempted in rows:
             event_log.settle(
-                logged.event_id,
-                outcome=IoTEventOutcome.DUPLICATE,
+                event_id,
+                outcome=outcome,
                 http_status=error.status_code,
                 response=error.payload(),
                 duration_ms=_elapsed_ms(started),
                 error=detail,
+                attempted=attempted,
             )
     except Exception:  # the database may be why processing failed
         logger.exception("Could not record the failure of event %s", logged.event_id)
