@@ -286,6 +286,9 @@ def to_api_error(exc: BaseException) -> ApiError:
             type(error).__name__,
             getattr(error, "sqlstate", None) or getattr(error, "sqlite_errorname", None) or "",
         )
+        from main_app import metrics  # imports this module
+
+        metrics.database_unavailable()
         return ServiceUnavailable()
     logger.exception("Unexpected error", exc_info=exc)
     return ApiError()

@@ -5,6 +5,8 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from main_app import metrics
+
 
 @never_cache
 @require_GET
@@ -28,6 +30,7 @@ def readyz(request):
             cursor.execute("SELECT 1")
             cursor.fetchone()
     except Error:
+        metrics.database_unavailable()
         response = JsonResponse({"status": "unavailable", "database": "down"}, status=503)
         response["Retry-After"] = "5"
         return response

@@ -10,11 +10,13 @@ the view. Rejections use the API envelope and never log the signature or the tok
 import ipaddress
 import logging
 import re
+import time
 from functools import lru_cache
 
 from django.conf import settings
 
 from api.stations.services.utils.sign_chargeghar_main import get_signature_util
+from main_app import metrics
 from main_app.exceptions import (
     ApiError,
     InvalidContentType,
@@ -70,6 +72,11 @@ def client_ip(request) -> str | None:
     return str(peer)
 
 
+def address_in(ip: str | None, entries) -> bool:
+    """Whether an address (as `client_ip` gives it) is in a list of addresses or CIDR ranges."""
+    return _in(_parse_ip(ip or ""), _networks(tuple(entries)))
+
+
 def is_protected_path(path: str) -> bool:
     return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
 
@@ -91,6 +98,7 @@ class IoTSignatureValidationMiddleware:
                     getattr(request, "iot_client_ip", None),
                     exc.code,
                 )
+                metrics.rejection(exc.code)
                 return json_error(exc)
         return self.get_response(request)
 
@@ -109,6 +117,8 @@ class IoTSignatureValidationMiddleware:
                 raise MissingHeaders()
             if not _TIMESTAMP_RE.fullmatch(timestamp_text):
                 raise InvalidTimestamp()
+            # Before the HMAC, so that a clock far enough off to be refused is seen too.
+            metrics.clock_skew(int(timestamp_text) - time.time())
 
         if request.content_type != "application/json":
             raise InvalidContentType()

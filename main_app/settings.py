@@ -108,9 +108,14 @@ INSTALLED_APPS = [
     "api.users",
     "api.stations",
     "api.rentals",
+    # The metrics' signal receivers (main_app/apps.py).
+    "main_app",
 ]
 
 MIDDLEWARE = [
+    # First: the request id and receipt time for everything after it, and every answer's
+    # status for the 5xx counter, refusals of the middleware below included.
+    "main_app.request_context.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Before sessions, CSRF and auth: signed IoT requests are rejected (or let through)
@@ -276,9 +281,9 @@ IOT_SYSTEM_SIGNATURE_PREVIOUS_SECRETS = [
 ]
 
 
-def _read_networks(name):
+def _read_networks(name, default=()):
     """A comma-separated list of addresses or CIDR ranges; a bad entry stops start-up."""
-    entries = [entry.strip() for entry in _read(name, "list", []) if entry.strip()]
+    entries = [entry.strip() for entry in _read(name, "list", list(default)) if entry.strip()]
     for entry in entries:
         try:
             ipaddress.ip_network(entry, strict=False)
@@ -306,10 +311,23 @@ IOT_OFFLINE_AFTER_MINUTES = _read("IOT_OFFLINE_AFTER_MINUTES", "int", 30)
 # Seconds the sender is told to wait when the database is unreachable.
 IOT_RETRY_AFTER_SECONDS = _read("IOT_RETRY_AFTER_SECONDS", "int", 5)
 
+# --- Metrics (GET /metrics, main_app/metrics.py) -----------------------------------------
+# Off: nothing is recorded and /metrics answers 404.
+METRICS_ENABLED = _read("METRICS_ENABLED", "bool", True)
+# Who may scrape: these addresses or CIDR ranges (the client address as for the IoT
+# allowlist, behind IOT_TRUSTED_PROXIES), or whoever sends this bearer token. Empty
+# METRICS_ALLOWED_IPS: by token only.
+METRICS_ALLOWED_IPS = _read_networks("METRICS_ALLOWED_IPS", default=["127.0.0.0/8", "::1"])
+METRICS_BEARER_TOKEN = _read("METRICS_BEARER_TOKEN", "str", "")
+
 # --- Logging -----------------------------------------------------------------------------
 LOG_DIR = Path(_read("LOG_DIR", "str", str(BASE_DIR / "logs")))
 LOG_LEVEL = _read("LOG_LEVEL", "str", "INFO").upper()
 LOG_TO_FILE = _read("LOG_TO_FILE", "bool", True)
+# text: one readable line per record; json: one JSON object per line, for log collectors.
+LOG_FORMAT = _read("LOG_FORMAT", "str", "text").strip().lower()
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"Environment variable LOG_FORMAT must be text or json, not {LOG_FORMAT!r}")
 LOG_DIR.mkdir(parents=True, exist_ok=True)
 
 
@@ -321,11 +339,13 @@ def logging_config(*, to_file, level, console_level, request_level):
         "disable_existing_loggers": False,
         "formatters": {
             "verbose": {"format": "[{levelname}] {asctime} {name} {message}", "style": "{"},
+            # time, level, logger, message, the request id, and each record's `extra` fields.
+            "json": {"()": "main_app.request_context.JsonFormatter"},
         },
         "handlers": {
             "console": {
                 "class": "logging.StreamHandler",
-                "formatter": "verbose",
+                "formatter": "json" if LOG_FORMAT == "json" else "verbose",
                 "level": console_level,
             },
             "file": {
@@ -333,7 +353,7 @@ def logging_config(*, to_file, level, console_level, request_level):
                 "filename": str(LOG_DIR / "iot_integration.log"),
                 "maxBytes": 10 * 1024 * 1024,
                 "backupCount": 5,
-                "formatter": "verbose",
+                "formatter": "json" if LOG_FORMAT == "json" else "verbose",
                 "delay": True,
             },
         },

@@ -54,3 +54,25 @@ def rental_figures(now: datetime) -> RentalFigures:
         overdue=Count("pk", filter=overdue_rentals_q(now)),
     )
     return RentalFigures(rentals_open=counts["open"], rentals_overdue=counts["overdue"])
+
+
+def unfinished_rental_counts(now: datetime) -> dict[str, int]:
+    """
+    For the metrics, in one grouped query: `open` (the customer holds the bank), `overdue`
+    (of those, late) and `pending` (every PENDING status the model has, not started yet).
+    """
+    pending = [status for status in RentalStatus.values if status.startswith("PENDING")]
+    rows = (
+        Rental.objects.filter(Q(status__in=[*OPEN_RENTAL_STATUSES, *pending]))
+        .order_by()
+        .values("status")
+        .annotate(total=Count("pk"), overdue=Count("pk", filter=overdue_rentals_q(now)))
+    )
+    counts = {"open": 0, "overdue": 0, "pending": 0}
+    for row in rows:
+        if row["status"] in OPEN_RENTAL_STATUSES:
+            counts["open"] += row["total"]
+            counts["overdue"] += row["overdue"]
+        else:
+            counts["pending"] += row["total"]
+    return counts

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce, NullIf
 
@@ -175,3 +176,49 @@ def fleet_figures(now: datetime) -> FleetFigures:
         events_last_hour=events["total"],
         events_failed_last_hour=events["failed"],
     )
+
+
+# --- Read when Prometheus scrapes (main_app/metrics.py) -------------------------------------------
+
+
+def station_counts_by_status(now: datetime) -> tuple[dict[str, int], int]:
+    """
+    Stations per status (every status, 0 included), and how many of those not in
+    maintenance have a last heartbeat older than the timeout, in one grouped query.
+    """
+    rows = (
+        Station.objects.order_by()
+        .values("status")
+        .annotate(
+            total=Count("pk"),
+            silent=Count(
+                "pk",
+                filter=Q(last_heartbeat__lt=heartbeat_cutoff(now)) & ~Q(status=StationStatus.MAINTENANCE),
+            ),
+        )
+    )
+    by_status = dict.fromkeys(StationStatus.values, 0)
+    silent = 0
+    for row in rows:
+        by_status[row["status"]] = row["total"]
+        silent += row["silent"]
+    return by_status, silent
+
+
+def rentable_power_bank_count() -> int:
+    return PowerBank.objects.filter(rentable_power_banks_q()).count()
+
+
+def event_log_row_estimate() -> int:
+    """
+    The event log's size without counting it: on PostgreSQL the planner's estimate (kept by
+    autovacuum's ANALYZE), since a count would read the whole table; elsewhere a count.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", [IoTEvent._meta.db_table])
+            row = cursor.fetchone()
+        # -1: never analyzed yet, which a table that has grown has been.
+        if row is not None and row[0] >= 0:
+            return int(row[0])
+    return IoTEvent.objects.count()

@@ -30,7 +30,14 @@ from api.stations.services.full_sync import FullSyncResult, apply_full_sync
 from api.stations.services.returns import ReturnResult, apply_return
 from api.stations.services.schemas import FullSyncMessage, ReturnMessage, StatusMessage, parse_message
 from api.stations.services.status import StatusResult, apply_status
-from main_app.exceptions import ApiError, InvalidJson, to_api_error
+from main_app import metrics, request_context
+from main_app.exceptions import (
+    ApiError,
+    InvalidJson,
+    ServiceUnavailable,
+    is_database_unavailable,
+    to_api_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +52,18 @@ class Answer:
     status: int
     body: dict
     headers: dict = field(default_factory=dict)
+    # The delivery's own row's outcome (DUPLICATE for a repeat, whatever the body's is).
+    outcome: IoTEventOutcome | None = None
 
 
 def deliver(*, body: bytes, source_ip: str | None) -> Answer:
     """Log, validate, apply and settle one delivery. Must not run inside a transaction."""
     started = time.perf_counter()
     decoded = decode(body)
-    logged = event_log.record(decoded, source_ip=source_ip)
-    return _run(logged, decoded, started=started)
+    logged = _record(decoded, source_ip=source_ip, started=started)
+    answer = _run(logged, decoded, started=started)
+    _account(decoded, logged.event_id, answer.outcome, answer.status, (answer.body or {}).get("error"), started)
+    return answer
 
 
 def refuse(*, body: bytes, source_ip: str | None, error: ApiError) -> None:
@@ -62,8 +73,10 @@ def refuse(*, body: bytes, source_ip: str | None, error: ApiError) -> None:
     it is delivered again with a valid token.
     """
     started = time.perf_counter()
-    logged = event_log.record(decode(body), source_ip=source_ip)
+    decoded = decode(body)
+    logged = _record(decoded, source_ip=source_ip, started=started)
     _settle_refused(logged, error, started=started)
+    _account(decoded, logged.event_id, _refused_outcome(logged), error.status_code, error.code, started)
 
 
 def apply_message(message: Message) -> Result:
@@ -87,7 +100,7 @@ def _run(logged: LoggedDelivery, body: Body, *, started: float) -> Answer:
         status, answer = _apply(logged, message, started=started)
     except ApiError as error:
         _settle_refused(logged, error, started=started)
-        return Answer(error.status_code, error.payload(), error.headers)
+        return Answer(error.status_code, error.payload(), error.headers, _refused_outcome(logged))
     except Exception as exc:
         error = to_api_error(exc)  # logs the traceback of an unexpected error
         if error.code == ApiError.code:  # unexpected: nothing the sender can act on
@@ -96,7 +109,8 @@ def _run(logged: LoggedDelivery, body: Body, *, started: float) -> Answer:
                 f"Unexpected error; the event log has the details under event {logged.event_id}."
             )
         _settle_failed(logged, error, exc, started=started)
-        return Answer(error.status_code, error.payload(), error.headers)
+        outcome = IoTEventOutcome.DUPLICATE if logged.is_repeat else IoTEventOutcome.FAILED
+        return Answer(error.status_code, error.payload(), error.headers, outcome)
     if logged.is_repeat:
         event_log.settle(
             logged.event_id,
@@ -105,7 +119,10 @@ def _run(logged: LoggedDelivery, body: Body, *, started: float) -> Answer:
             response=answer,
             duration_ms=_elapsed_ms(started),
         )
-    return Answer(status, answer)
+        return Answer(status, answer, outcome=IoTEventOutcome.DUPLICATE)
+    # A first delivery's answer is its own, or (re-processed meanwhile) the one stored.
+    applied = (answer.get("data") or {}).get("applied", True)
+    return Answer(status, answer, outcome=IoTEventOutcome.PROCESSED if applied else IoTEventOutcome.STALE)
 
 
 def _validate(body: Body) -> Message:
@@ -206,6 +223,57 @@ def _settle_failed(logged: LoggedDelivery, error: ApiError, exc: Exception, *, s
             )
     except Exception:  # the database may be why processing failed
         logger.exception("Could not record the failure of event %s", logged.event_id)
+
+
+def _refused_outcome(logged: LoggedDelivery) -> IoTEventOutcome:
+    return IoTEventOutcome.DUPLICATE if logged.is_repeat else IoTEventOutcome.REJECTED
+
+
+def _record(body: Body, *, source_ip: str | None, started: float) -> LoggedDelivery:
+    try:
+        return event_log.record(body, source_ip=source_ip)
+    except Exception as exc:
+        # Not logged, so no outcome of its own: counted FAILED, as the sender gets a 5xx
+        # and sends the body again. The exception handler answers it.
+        status = ServiceUnavailable.status_code if is_database_unavailable(exc) else ApiError.status_code
+        _account(body, None, IoTEventOutcome.FAILED, status, None, started)
+        raise
+
+
+# A body timestamp outside this range is not a time (refused by validation anyway).
+_PLAUSIBLE_TIMESTAMPS = range(1, 10**11)
+
+
+def _account(
+    body: Body, event_id: int | None, outcome: IoTEventOutcome, http_status: int, code: str | None, started: float
+) -> None:
+    """The delivery's metrics and its one log line, after it is settled (no query)."""
+    context = request_context.current()
+    seconds = time.perf_counter() - (context.started if context else started)
+    label = outcome.value.lower()
+    metrics.delivery(body.message_type, label, seconds)
+    if code and http_status < 500:
+        metrics.rejection(code)
+    timestamp = body.data.get("timestamp") if isinstance(body.data, dict) else None
+    if type(timestamp) is int and timestamp in _PLAUSIBLE_TIMESTAMPS:
+        metrics.message_lag((context.received_at if context else time.time()) - timestamp)
+    logger.info(
+        "Station data event %s: %s from %s, %s, HTTP %d in %.1f ms",
+        event_id if event_id is not None else "(not logged)",
+        body.message_type or "(no type)",
+        body.station_serial or "(no serial)",
+        label,
+        http_status,
+        seconds * 1000,
+        extra={
+            "event_id": event_id,
+            "message_type": body.message_type,
+            "station_serial": body.station_serial,
+            "outcome": label,
+            "http_status": http_status,
+            "duration_ms": round(seconds * 1000, 3),
+        },
+    )
 
 
 def _elapsed_ms(started: float) -> float:
