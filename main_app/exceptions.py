@@ -171,6 +171,18 @@ class Throttled(ApiError):
         super().__init__(message, **kwargs)
 
 
+class TooManyAttempts(ApiError):
+    """Login refused for this account from this address until the cool-off ends (django-axes)."""
+
+    code = "TOO_MANY_ATTEMPTS"
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_message = "Too many failed login attempts; try again later."
+
+    def __init__(self, message=None, *, retry_after: int, **kwargs):
+        kwargs.setdefault("headers", {"Retry-After": str(max(1, int(retry_after)))})
+        super().__init__(message, **kwargs)
+
+
 # --- 503 ---------------------------------------------------------------------------------------
 
 

@@ -103,6 +103,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework_simplejwt",
+    "rest_framework_simplejwt.token_blacklist",
+    "axes",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "api.users",
@@ -127,6 +129,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "main_app.urls"
@@ -204,6 +208,35 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "users.User"
 
+# axes first: it refuses a locked-out account and address before a password is hashed.
+# ModelBackend: the admin form (username) and permissions; StaffEmailBackend: the login API.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+    "api.users.backends.StaffEmailBackend",
+]
+
+# --- Login throttling (django-axes; api/users/lockout.py) ------------------------------
+# Failures counted per account and client address together, in the database (shared by
+# every worker and host): another address is never locked out by someone else's guessing.
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = _read("AUTH_LOCKOUT_FAILURES", "int", 10)
+AXES_COOLOFF_TIME = timedelta(minutes=_read("AUTH_LOCKOUT_MINUTES", "int", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# Consecutive failures: a successful login clears the count.
+AXES_RESET_ON_SUCCESS = True
+# Attempts during a lockout (the right password included) are refused without being
+# counted, so the lockout ends one cool-off after the last counted failure.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# The address the IoT allowlist uses: X-Forwarded-For only from IOT_TRUSTED_PROXIES.
+AXES_CLIENT_IP_CALLABLE = "main_app.middleware.client_ip"
+AXES_USERNAME_CALLABLE = "api.users.lockout.account_key"
+AXES_LOCKOUT_CALLABLE = "api.users.lockout.lockout_response"
+# Each failure in the admin (Axes > Access failures), not only the running count.
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+# axes always masks the password; usernames and addresses stay readable for operators.
+AXES_SENSITIVE_PARAMETERS = ["csrfmiddlewaretoken"]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -225,10 +258,19 @@ STORAGES = {
 }
 
 # --- Security headers for production ---------------------------------------------------
-SECURE_PROXY_SSL_HEADER = (
-    ("HTTP_X_FORWARDED_PROTO", "https") if _read("DJANGO_BEHIND_TLS_PROXY", "bool", False) else None
-)
-SESSION_COOKIE_SECURE = _read("DJANGO_SECURE_COOKIES", "bool", False)
+# docs/deploy.md lists the production values; `manage.py check --deploy` is clean with them.
+BEHIND_TLS_PROXY = _read("DJANGO_BEHIND_TLS_PROXY", "bool", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_TLS_PROXY else None
+# HSTS (sent on HTTPS requests only): a year by default once TLS is in front. Subdomains and
+# preload are opt-in: they bind every host of the domain, and preload is slow to undo.
+SECURE_HSTS_SECONDS = _read("DJANGO_HSTS_SECONDS", "int", 365 * 24 * 3600 if BEHIND_TLS_PROXY else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _read("DJANGO_HSTS_INCLUDE_SUBDOMAINS", "bool", False)
+SECURE_HSTS_PRELOAD = _read("DJANGO_HSTS_PRELOAD", "bool", False)
+# Off by default: a redirected POST loses its body, so a sender posting plain HTTP would fail
+# rather than be redirected. The health probes are called over plain HTTP from inside.
+SECURE_SSL_REDIRECT = _read("DJANGO_SSL_REDIRECT", "bool", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SESSION_COOKIE_SECURE = _read("DJANGO_SECURE_COOKIES", "bool", BEHIND_TLS_PROXY)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -259,6 +301,12 @@ SIMPLE_JWT = {
     "AUTH_HEADER_TYPES": ("Bearer",),
     "UPDATE_LAST_LOGIN": False,
     "SIGNING_KEY": _read("JWT_SIGNING_KEY", "str", "") or SECRET_KEY,
+    # A refresh answers a new refresh token and revokes the one used (token_blacklist app).
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    # Every token carries a digest of the password hash it was issued under, checked when
+    # its user is read: a password change ends the tokens issued before it.
+    "CHECK_REVOKE_TOKEN": True,
 }
 
 SPECTACULAR_SETTINGS = {

@@ -1,6 +1,9 @@
 import gc
 import os
 
+from django.conf import settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.core.wsgi import get_wsgi_application
 from django.urls import get_resolver
 from django.utils.http import parse_header_parameters
@@ -8,6 +11,30 @@ from django.utils.http import parse_header_parameters
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "main_app.settings")
 
 django_application = get_wsgi_application()
+
+
+def refuse_insecure_configuration() -> None:
+    """
+    With DEBUG off, stop here if a security system check reports an error (the IoT checks
+    iot.E001-E004: no, a placeholder or a short signing secret, or verification off).
+
+    The exception stops the gunicorn worker while it boots, and gunicorn then exits
+    non-zero with the message in its log ("Worker failed to boot") instead of serving.
+    Checks silenced by SILENCED_SYSTEM_CHECKS stay silenced, as in `manage.py check`.
+    """
+    if settings.DEBUG:
+        return
+    errors = [
+        message
+        for message in checks.run_checks(tags=[checks.Tags.security])
+        if message.is_serious() and not message.is_silenced()
+    ]
+    if errors:
+        found = "; ".join(f"{message.id}: {message.msg}" for message in errors)
+        raise ImproperlyConfigured(f"Refusing to start with an insecure configuration: {found}")
+
+
+refuse_insecure_configuration()
 
 # Everything loaded by now (Django, the apps, the URLconf and the views it imports) lives as
 # long as the process. Freezing it keeps the garbage collector from walking those ~100,000

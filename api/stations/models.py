@@ -102,6 +102,7 @@ class Station(models.Model):
             ),
         ]
         indexes = [models.Index(fields=["status"], name="station_status_idx")]
+        permissions = [("push_station_data", "Can push station data (the IoT system's account)")]
 
     def __str__(self):
         return f"{self.station_name} ({self.serial_number})"

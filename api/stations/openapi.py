@@ -197,7 +197,7 @@ STATION_DATA_RESPONSES = {
     ),
     403: error_response(
         f"{IpNotAllowed.code}, {MissingHeaders.code}, {InvalidSignature.code} (also for a timestamp outside the "
-        f"tolerance, either way) or {PermissionDenied.code} (a non-staff token).",
+        f"tolerance, either way) or {PermissionDenied.code} (a token of an account without the push permission).",
         InvalidSignature,
         "Signature validation failed: Signature mismatch",
     ),

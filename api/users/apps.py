@@ -7,5 +7,6 @@ class UsersConfig(AppConfig):
     label = "users"
 
     def ready(self):
-        # Connects the receivers that drop a saved or deleted user from the token cache.
-        from api.users import authentication  # noqa: F401
+        # Connects the receivers that drop a saved or deleted user from the token cache, and
+        # those that revoke a user's tokens when the password changes or the account is disabled.
+        from api.users import authentication, signals  # noqa: F401

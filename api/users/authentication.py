@@ -4,9 +4,14 @@ Bearer-token authentication for the API: simplejwt's, with the token's user cach
 Every request of the IoT sender carries the same token; reading its user from the database
 each time was one of the endpoint's ten round trips (docs/performance.md). The signature
 and expiry of the token are still checked on every request; only the user's row (is it
-active, is it staff) is re-read at most every `AUTH_USER_CACHE_SECONDS` per process. A
-deactivated or demoted account therefore loses access within that time (at once in the
-process that saved the change); 0 turns the cache off.
+active, is it staff, its permissions) is re-read at most every `AUTH_USER_CACHE_SECONDS`
+per process. A deactivated or demoted account therefore loses access within that time (at
+once in the process that saved the change); 0 turns the cache off.
+
+Every token carries a digest of the password hash it was issued under (simplejwt's
+CHECK_REVOKE_TOKEN claim), checked against the user as read, cached or not: after a
+password change, on any host, a token issued before it stops working as soon as that host
+reads the user again, so within `AUTH_USER_CACHE_SECONDS`.
 """
 
 from django.conf import settings
@@ -17,6 +22,7 @@ from django.dispatch import receiver
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.settings import api_settings
+from rest_framework_simplejwt.utils import get_md5_hash_password
 
 
 def _cache_key(user_id) -> str:
@@ -31,11 +37,24 @@ class CachedUserJWTAuthentication(JWTAuthentication):
             return super().get_user(validated_token)
         key = _cache_key(user_id)
         user = cache.get(key)
-        if user is None:
-            # Unknown and inactive users raise here and are never cached.
-            user = super().get_user(validated_token)
-            cache.set(key, user, seconds)
+        if user is not None and _issued_for(validated_token, user):
+            return user
+        # Nothing cached, or the token was issued under another password than the cached
+        # row's: a token newer than the cached row is then right, an older one is refused.
+        # Unknown and inactive users, and stale tokens, raise here and are never cached.
+        user = super().get_user(validated_token)
+        if not user.is_superuser:
+            # Fills the user's permission cache, so that it is cached along with the user
+            # (a superuser has every permission without a query).
+            user.get_all_permissions()
+        cache.set(key, user, seconds)
         return user
+
+
+def _issued_for(validated_token, user) -> bool:
+    if not api_settings.CHECK_REVOKE_TOKEN:
+        return True
+    return validated_token.get(api_settings.REVOKE_TOKEN_CLAIM) == get_md5_hash_password(user.password)
 
 
 @receiver(post_save, sender=get_user_model(), dispatch_uid="auth-user-cache-save")

@@ -27,3 +27,8 @@ class AdminLoginDataSerializer(serializers.Serializer):
 
 class TokenRefreshDataSerializer(serializers.Serializer):
     access_token = serializers.CharField()
+    refresh_token = serializers.CharField(help_text="The refresh token to use next; the one sent is revoked.")
+
+
+class EmptyDataSerializer(serializers.Serializer):
+    pass

@@ -9,6 +9,7 @@ from api.users.serializers import (
     AdminLoginDataSerializer,
     AdminLoginSerializer,
     AdminUserSerializer,
+    EmptyDataSerializer,
     TokenRefreshDataSerializer,
     TokenRefreshRequestSerializer,
 )
@@ -17,6 +18,7 @@ from main_app.exceptions import (
     NotAuthenticated,
     PayloadTooLarge,
     PermissionDenied,
+    TooManyAttempts,
     ValidationFailed,
 )
 from main_app.openapi import error_response
@@ -57,18 +59,24 @@ class AdminLoginView(APIView):
             200: _envelope("AdminLoginResponse", AdminLoginDataSerializer()),
             400: error_response("Malformed body.", ValidationFailed),
             401: error_response(
-                "Wrong email or password (the same answer for both), or an inactive account.",
+                "Wrong email or password, an inactive account or one that is not staff: "
+                "the same answer for each.",
                 InvalidCredentials,
             ),
-            403: error_response("Not a staff account.", PermissionDenied, "This account has no admin access."),
             413: error_response("Body too large.", PayloadTooLarge),
+            429: error_response(
+                "Too many failed logins for this account from this address: refused, even with "
+                "the right password, until the cool-off ends (`Retry-After`, in seconds).",
+                TooManyAttempts,
+            ),
         },
         tags=["admin auth"],
     )
     def post(self, request):
         serializer = AdminLoginSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        user = services.authenticate_admin(**serializer.validated_data)
+        # Django's request, not DRF's wrapper: django-axes marks it, and its middleware reads it.
+        user = services.authenticate_admin(request._request, **serializer.validated_data)
         tokens = services.issue_tokens(user)
         return Response(
             {
@@ -84,7 +92,7 @@ class AdminLoginView(APIView):
 
 
 class AdminTokenRefreshView(APIView):
-    """Exchange a refresh token for a new access token."""
+    """Exchange a refresh token for a new access token and a new refresh token; the old one is revoked."""
 
     authentication_classes = []
     permission_classes = [AllowAny]
@@ -96,9 +104,38 @@ class AdminTokenRefreshView(APIView):
             200: _envelope("TokenRefreshResponse", TokenRefreshDataSerializer()),
             400: error_response("Malformed body.", ValidationFailed),
             401: error_response(
-                "Invalid or expired refresh token: log in again.",
+                "Invalid, expired or revoked refresh token (a used one, or one issued before a "
+                "password change): log in again.",
                 NotAuthenticated,
-                "The refresh token is invalid or expired.",
+                services.INVALID_REFRESH,
+            ),
+            403: error_response("Not a staff account.", PermissionDenied, "This account has no admin access."),
+        },
+        tags=["admin auth"],
+    )
+    def post(self, request):
+        serializer = TokenRefreshRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        tokens = services.refresh_tokens(**serializer.validated_data)
+        return Response({"success": True, "message": "Token refreshed", "data": tokens})
+
+
+class AdminLogoutView(APIView):
+    """Revoke a refresh token; access tokens issued with it still work until they expire."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    parser_classes = [LimitedJSONParser]
+
+    @extend_schema(
+        request=TokenRefreshRequestSerializer,
+        responses={
+            200: _envelope("AdminLogoutResponse", EmptyDataSerializer()),
+            400: error_response("Malformed body.", ValidationFailed),
+            401: error_response(
+                "Invalid, expired or already revoked refresh token.",
+                NotAuthenticated,
+                services.INVALID_REFRESH,
             ),
         },
         tags=["admin auth"],
@@ -106,10 +143,8 @@ class AdminTokenRefreshView(APIView):
     def post(self, request):
         serializer = TokenRefreshRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        access = services.refresh_access_token(**serializer.validated_data)
-        return Response(
-            {"success": True, "message": "Token refreshed", "data": {"access_token": access}}
-        )
+        services.revoke_refresh_token(**serializer.validated_data)
+        return Response({"success": True, "message": "Logged out", "data": {}})
 
 
 class AdminMeView(APIView):

@@ -10,9 +10,11 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from api.stations.views.internal_views import IOT_SYSTEM_GROUP, PUSH_STATION_DATA
 from iot_tools import wire
 from iot_tools.wire import DATA_PATH, SlotState, full_message, iso_utc, returned_message, status_message
 from iot_tools.wire import compact_json as compact
@@ -104,15 +106,30 @@ def status_payload(status: str, serial: str = STATION_SERIAL, *, timestamp: int 
     return status_message(serial, status, timestamp=timestamp if timestamp is not None else now_ts())
 
 
-def make_staff(email: str = "iot@chargeghar.test", password: str = "s3cret-pass-123", **extra):
+def make_staff(email: str = "iot@chargeghar.test", password: str = "s3cret-pass-123", *, sender: bool = True, **extra):
+    """
+    A user, staff unless `is_staff=False`. A staff user is in the "IoT system" group, so it may
+    push station data as the sender's account does, unless `sender=False`.
+    """
     User = get_user_model()
-    return User.objects.create_user(
+    user = User.objects.create_user(
         username=email.split("@")[0],
         email=email,
         password=password,
         is_staff=extra.pop("is_staff", True),
         **extra,
     )
+    if sender and user.is_staff:
+        user.groups.add(iot_system_group())
+    return user
+
+
+def iot_system_group():
+    """The group the stations migration creates (made again here: TransactionTestCase flushes it)."""
+    app_label, codename = PUSH_STATION_DATA.split(".")
+    group, _ = Group.objects.get_or_create(name=IOT_SYSTEM_GROUP)
+    group.permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return group
 
 
 def bearer_for(user) -> str:

@@ -662,15 +662,15 @@ class EndpointQueryCountTests(EventLogTestCase):
     """
     A full sync through the endpoint, everything included, for an existing station whose
     banks stay in their slots with new battery levels: the event-log INSERT, the token's
-    user (read on every request under the test settings, cached for 10 s otherwise), the
-    station's lock, the banks' lock, then the slots, the banks and the station (one
+    user and its permissions, its own and its groups' (read on every request under the test
+    settings, cached for 10 s otherwise), the station's lock, the banks' lock, then the slots, the banks and the station (one
     statement on PostgreSQL, three elsewhere), and the event's outcome. The same whatever
     the slot count. Inside a TestCase the transaction is a savepoint and shows as two more
     queries (SAVEPOINT, RELEASE); in production it is BEGIN and COMMIT.
     """
 
     def expected(self) -> int:
-        return 8 if connection.vendor == "postgresql" else 10
+        return 10 if connection.vendor == "postgresql" else 12
 
     def test_a_full_sync_costs_the_same_queries_for_4_24_and_48_slots(self):
         for slots in (4, 24, 48):

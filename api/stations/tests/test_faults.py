@@ -116,6 +116,8 @@ class FaultTests(SimpleTestCase):
             "from django.contrib.auth import get_user_model\n"
             "from rest_framework_simplejwt.tokens import RefreshToken\n"
             "u = get_user_model().objects.create_user(username='iot', email='iot@x.test', is_staff=True)\n"
+            "from django.contrib.auth.models import Group\n"
+            "u.groups.add(Group.objects.get(name='IoT system'))\n"
             "print(RefreshToken.for_user(u).access_token)\n"
         )
         out = subprocess.run([python, "manage.py", "shell", "-c", token_script], cwd=ROOT, env=cls.env,

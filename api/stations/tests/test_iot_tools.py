@@ -31,6 +31,7 @@ from api.stations.management.commands import iot_send
 from api.stations.models import IoTEvent, IoTEventOutcome, PowerBank, Station
 from api.stations.services.schemas import parse_message
 from api.stations.services.utils.sign_chargeghar_main import SignChargeGharMain
+from api.stations.tests.factories import iot_system_group
 from iot_tools import wire
 from iot_tools.client import LOGIN_PATH, IoTSender
 from iot_tools.simulator import Fleet, FleetConfig, Message, Take, luhn_check_digit
@@ -349,7 +350,7 @@ class LiveSenderTests(LiveServerTestCase):
     def setUp(self):
         get_user_model().objects.create_user(
             username="iot-sender", email=EMAIL, password=PASSWORD, is_staff=True
-        )
+        ).groups.add(iot_system_group())
         self.credentials = {"url": self.live_server_url, "email": EMAIL, "password": PASSWORD, "secret": SECRET}
 
     def iot_send(self, name, **options):

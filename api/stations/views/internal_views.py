@@ -3,15 +3,15 @@ POST /api/internal/stations/data: the IoT management system's only write path.
 
 Transport checks (IP, signature, content type, size) happened in
 `main_app.middleware.IoTSignatureValidationMiddleware`. DRF then checks the bearer token
-and the staff permission, and `ingest.delivery.deliver` does the rest: log, validate,
-apply, settle. A refusal by DRF's checks is logged too (`refuse`): it is an answer the
+and the push permission (`CanPushStationData`), and `ingest.delivery.deliver` does the
+rest: log, validate, apply, settle. A refusal by DRF's checks is logged too (`refuse`): it is an answer the
 sender got.
 """
 
 from drf_spectacular.utils import extend_schema
 from rest_framework.exceptions import APIException
 from rest_framework.parsers import JSONParser
-from rest_framework.permissions import IsAdminUser, IsAuthenticated
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -24,6 +24,19 @@ from api.stations.openapi import (
 )
 from main_app.exceptions import to_api_error
 
+# The permission the sender's account needs, and the group the stations migration 0004
+# creates with it; superusers have it too.
+PUSH_STATION_DATA = "stations.push_station_data"
+IOT_SYSTEM_GROUP = "IoT system"
+
+
+class CanPushStationData(BasePermission):
+    """An active staff account with `stations.push_station_data` (the "IoT system" group)."""
+
+    def has_permission(self, request, view):
+        user = request.user
+        return bool(user and user.is_staff and user.has_perm(PUSH_STATION_DATA))
+
 
 def _source_ip(request) -> str | None:
     # The middleware worked out the client's address (behind trusted proxies, the forwarded one).
@@ -33,7 +46,7 @@ def _source_ip(request) -> str | None:
 class StationDataInternalView(APIView):
     """Receives `full`, `returned` and `status` messages (docs/contract.md)."""
 
-    permission_classes = [IsAuthenticated, IsAdminUser]
+    permission_classes = [IsAuthenticated, CanPushStationData]
     # Declared for the schema only: the body is read raw (it was signed as bytes) and
     # decoded once by the ingest pipeline; request.data is never touched.
     parser_classes = [JSONParser]
@@ -50,7 +63,8 @@ class StationDataInternalView(APIView):
         summary="Receive a message from the IoT management system",
         description=(
             "Signed JSON from the IoT system: `full`, `returned` or `status`. Checks run in "
-            "this order: IP allowlist, signature headers and HMAC, bearer token (staff), "
+            "this order: IP allowlist, signature headers and HMAC, bearer token (a staff account "
+            "with the push permission), "
             "validation, processing. Idempotent by the SHA-256 of the body: a repeated body "
             "is answered with the original response and not applied again."
         ),

@@ -214,13 +214,35 @@ class AdminLoginTests(ApiTestCase):
         self.assertEqual(response.content, self.login({"email": EMAIL, "password": "wrong"}).content)
         self.assertUsersUnchanged()
 
-    def test_non_staff_with_the_right_password_is_denied_permission(self):
+    def test_non_staff_with_the_right_password_gets_the_answer_of_a_wrong_password(self):
+        # A distinct answer would confirm that the password of a customer's account is right.
         make_staff("customer@chargeghar.test", "customer-pass-123", is_staff=False)
         self.users_before = self.snapshot_users()
 
         response = self.login({"email": "customer@chargeghar.test", "password": "customer-pass-123"})
 
-        self.assertError(response, 403, "PERMISSION_DENIED")
+        self.assertError(response, 401, "INVALID_CREDENTIALS")
+        wrong = self.login({"email": "customer@chargeghar.test", "password": "wrong"})
+        self.assertEqual(response.content, wrong.content)
+        self.assertUsersUnchanged()
+
+    def test_every_refused_login_answers_the_same_bytes(self):
+        make_staff("customer@chargeghar.test", "customer-pass-123", is_staff=False)
+        make_staff("off@chargeghar.test", "off-pass-123", is_active=False)
+        self.users_before = self.snapshot_users()
+        cases = {
+            "unknown email": {"email": "nobody@chargeghar.test", "password": PASSWORD},
+            "wrong password": {"email": EMAIL, "password": "not-the-password"},
+            "inactive staff, right password": {"email": "off@chargeghar.test", "password": "off-pass-123"},
+            "non-staff, right password": {"email": "customer@chargeghar.test", "password": "customer-pass-123"},
+        }
+        answers = {}
+        for name, body in cases.items():
+            with self.subTest(name):
+                response = self.login(body)
+                self.assertError(response, 401, "INVALID_CREDENTIALS")
+                answers[name] = (response.status_code, response.content, sorted(response.headers))
+        self.assertEqual(len(set(map(repr, answers.values()))), 1, answers)
         self.assertUsersUnchanged()
 
     def test_non_staff_with_a_wrong_password_learns_nothing_about_the_account(self):
@@ -444,7 +466,7 @@ class AdminRefreshTests(ApiTestCase):
         body = response.json()
         self.assertEqual(set(body), ENVELOPE_KEYS)
         self.assertIs(body["success"], True)
-        self.assertEqual(set(body["data"]), {"access_token"})
+        self.assertEqual(set(body["data"]), {"access_token", "refresh_token"})
         me = self.me(f"Bearer {body['data']['access_token']}")
         self.assertEqual(me.status_code, 200, me.content)
         self.assertEqual(me.json()["data"]["id"], self.staff.pk)
