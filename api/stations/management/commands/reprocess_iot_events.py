@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from api.stations.models import IoTEvent, IoTEventOutcome
 from api.stations.ingest.delivery import reprocess
+from api.stations.models import IoTEvent, IoTEventOutcome
 
 
 class Command(BaseCommand):
