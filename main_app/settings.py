@@ -390,10 +390,13 @@ def logging_config(*, to_file, level, console_level, request_level):
             # time, level, logger, message, the request id, and each record's `extra` fields.
             "json": {"()": "main_app.request_context.JsonFormatter"},
         },
+        # On every handler: a request's CR or LF (in a path, a serial) cannot start a line.
+        "filters": {"escape_control": {"()": "main_app.logging.EscapeControlCharacters"}},
         "handlers": {
             "console": {
                 "class": "logging.StreamHandler",
                 "formatter": "json" if LOG_FORMAT == "json" else "verbose",
+                "filters": ["escape_control"],
                 "level": console_level,
             },
             "file": {
@@ -402,6 +405,7 @@ def logging_config(*, to_file, level, console_level, request_level):
                 "maxBytes": 10 * 1024 * 1024,
                 "backupCount": 5,
                 "formatter": "json" if LOG_FORMAT == "json" else "verbose",
+                "filters": ["escape_control"],
                 "delay": True,
             },
         },

@@ -579,6 +579,7 @@ EVENT_FIELDS = (
     "station_link",
     "source_ip_display",
     "body_sha256",
+    "body_size_display",
     "duplicate_of_link",
     "http_status_display",
     "duration_display",
@@ -641,9 +642,14 @@ class IoTEventAdmin(admin.ModelAdmin):
         return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
 
     def get_fields(self, request, obj=None):
-        if obj is not None and not obj.raw_body:
+        if obj is not None and not self.body_row(obj).raw_body:
             return tuple(name for name in self.fields if name != "raw_body_display")
         return self.fields
+
+    @staticmethod
+    def body_row(event) -> IoTEvent:
+        """The row that keeps the body: a repeat's first delivery, else the row itself."""
+        return event.duplicate_of if event.duplicate_of_id else event
 
     @admin.display(description="Outcome", ordering="outcome")
     def outcome_display(self, event):
@@ -681,13 +687,27 @@ class IoTEventAdmin(admin.ModelAdmin):
             return event.station_serial
         return admin_link(station)
 
+    @admin.display(description="Size")
+    def body_size_display(self, event):
+        return f"{event.body_bytes:,} bytes" if event.body_bytes is not None else "-"
+
     @admin.display(description="Payload")
     def payload_display(self, event):
-        return pre(pretty_json(event.payload)) if event.payload is not None else "-"
+        # A repeat keeps no copy of the body: show its first delivery's, and say so.
+        source = self.body_row(event)
+        if source.payload is None:
+            return "-"
+        shown = pre(pretty_json(source.payload))
+        if source is event:
+            return shown
+        return format_html("{}<p>Kept with the first delivery, #{}.</p>", shown, source.pk)
 
     @admin.display(description="Raw body (not JSON)")
     def raw_body_display(self, event):
-        return pre(event.raw_body)
+        source = self.body_row(event)
+        if source is event:
+            return pre(event.raw_body)
+        return format_html("{}<p>Kept with the first delivery, #{}.</p>", pre(source.raw_body), source.pk)
 
     @admin.display(description="Response")
     def response_display(self, event):

@@ -211,8 +211,9 @@ class IoTEvent(models.Model):
     """
     One row per request that passed the signature check (docs/design.md, rule 1).
 
-    The first delivery of a body owns its digest; every later delivery of the same bytes
-    is a row of its own pointing at it through `duplicate_of`.
+    The first delivery of a body owns its digest and keeps the body; every later delivery
+    of the same bytes is a row of its own pointing at it through `duplicate_of`, with the
+    size, source and answer but not another copy of the body.
     """
 
     received_at = models.DateTimeField(db_index=True)
@@ -220,8 +221,13 @@ class IoTEvent(models.Model):
     station_serial = models.CharField(max_length=64, blank=True)
     source_ip = models.GenericIPAddressField(null=True, blank=True)
     body_sha256 = models.CharField("body SHA-256", max_length=64)
+    # The size of what this delivery carried, whether or not its row keeps the body.
+    body_bytes = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Size of the body as received, in bytes (empty on rows logged before it was kept)."
+    )
+    # Both kept on the body's first delivery only: a repeat has the same bytes (same digest).
     payload = models.JSONField(null=True, blank=True)
-    raw_body = models.TextField(blank=True, help_text="Kept only when the body is not JSON.")
+    raw_body = models.TextField(blank=True, help_text="Kept only when the body is not JSON, on its first delivery.")
     outcome = models.CharField(
         max_length=16, choices=IoTEventOutcome.choices, default=IoTEventOutcome.RECEIVED
     )

@@ -64,6 +64,10 @@ class ReturnData(BaseModel):
     power_bank_status: str
     station_serial: str
     slot_number: int
+    predates_open_rental: bool = Field(
+        description="True when the return is dated before the bank's open rental started (by more than the "
+        "signature tolerance): it is an earlier rental's, and nothing was closed, charged or moved."
+    )
 
 
 class StatusData(BaseModel):

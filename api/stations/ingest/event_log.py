@@ -3,9 +3,10 @@ The event log: one row per delivery that passed the signature check, and its out
 
 A delivery's row is written first, in autocommit, so that it survives whatever happens to
 the processing after it. The first delivery of a body owns the body's digest (the body's
-"primary" row) and carries the body's outcome; later deliveries of the same bytes (the
-sender retries the identical body with a new signature) are rows of their own,
-`duplicate_of` the primary.
+"primary" row), carries the body's outcome and keeps the body; later deliveries of the
+same bytes (the sender retries the identical body with a new signature; anyone can replay
+it) are rows of their own, `duplicate_of` the primary, with the body's size but no copy of
+it: a 1 MiB body replayed a thousand times is stored once.
 
 Every outcome is written by `settle`, and `settle` never overwrites a settled row
 (PROCESSED or STALE): a body applied once is never reported as failed later, so it is
@@ -47,6 +48,7 @@ class LoggedDelivery:
 _EVENT_TABLE = sql.quote(IoTEvent._meta.db_table)
 _INSERT_FIELDS = [field for field in IoTEvent._meta.concrete_fields if not field.primary_key]
 _PAYLOAD = IoTEvent._meta.get_field("payload")
+_RAW_BODY = IoTEvent._meta.get_field("raw_body")
 _DUPLICATE_OF = IoTEvent._meta.get_field("duplicate_of")
 # The first delivery of a body is inserted unless the body's digest already has one; the
 # conflict target is the partial unique index `iot_event_body_unique`.
@@ -69,6 +71,7 @@ def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
         station_serial=body.station_serial,
         source_ip=source_ip,
         body_sha256=hashlib.sha256(body.raw).hexdigest(),
+        body_bytes=len(body.raw),
         payload=None,
         # Undecodable bytes and NUL (PostgreSQL text cannot hold it) become U+FFFD.
         raw_body=(
@@ -81,9 +84,12 @@ def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
     rows = sql.fetch(_INSERT_FIRST_SQL, params)
     if rows:
         return LoggedDelivery(event_id=rows[0][0], primary_id=rows[0][0])
-    # Seen before: this delivery is a row of its own pointing at the first one.
+    # Seen before: this delivery is a row of its own pointing at the first one, which
+    # has the body.
     ((primary_id,),) = sql.fetch(_PRIMARY_SQL, [event.body_sha256])
     params[_INSERT_FIELDS.index(_DUPLICATE_OF)] = primary_id
+    params[_INSERT_FIELDS.index(_PAYLOAD)] = None
+    params[_INSERT_FIELDS.index(_RAW_BODY)] = ""
     ((event_id,),) = sql.fetch(_INSERT_REPEAT_SQL, params)
     return LoggedDelivery(event_id=event_id, primary_id=primary_id)
 

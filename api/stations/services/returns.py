@@ -5,12 +5,18 @@ makes is in this module; the rental is closed through `RentalService`, which own
 A return is a fact about money: it always closes the bank's open rental, whatever newer
 device state the station has applied. Unknown stations, slots and banks are registered so
 that a customer's rental closes even when the cabinet has never synced.
+
+The one exception is a return dated before the open rental began (by more than the clock
+tolerance): the bank went back at the end of an earlier rental, and this message is a late
+or re-generated report of that. It closes nothing, charges nothing and leaves the bank
+with the customer who has it now.
 """
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.utils import timezone
 
 from api.rentals.models import Rental
@@ -30,11 +36,18 @@ class ReturnResult:
     power_bank: PowerBank
     rental: Rental | None
     charges: Charges | None
+    # The open rental this return is too old for (it closed nothing), if so.
+    predates: Rental | None = None
     # A return is a fact about money: it always applies, whatever state is newer (rule 3).
     applied = True
 
     @property
     def summary(self) -> str:
+        if self.predates is not None:
+            return (
+                "Return dated before the bank's open rental started: it belongs to an earlier "
+                "rental; nothing changed"
+            )
         return "Return processed successfully" if self.rental is not None else "Power bank placed; no open rental was found"
 
     def as_response(self) -> dict:
@@ -57,6 +70,7 @@ class ReturnResult:
             "power_bank_status": self.power_bank.status,
             "station_serial": self.station.serial_number,
             "slot_number": self.slot_number,
+            "predates_open_rental": self.predates is not None,
         }
 
 
@@ -81,12 +95,15 @@ def apply_return(message: ReturnMessage, *, now: datetime | None = None) -> Retu
     # Station, rental, banks, slots: the lock order of every writer (see full_sync.py).
     rental = next(iter(RentalService.open_rentals_for(serials=[event.power_bank_serial])), None)
     charges = None
+    returned_at = event.returned_at or message.sent_at
+    if rental is not None and _predates(rental, returned_at):
+        return _earlier_rental_return(message, station, rental, returned_at)
     bank = _lock_or_register_bank(event.power_bank_serial)
 
     if rental is not None:
         (charges,) = RentalService.close_returned(
             [(rental, event.battery_level)],
-            ended_at=event.returned_at or message.sent_at,
+            ended_at=returned_at,
             return_station=station,
             offline_return=False,
             now=now,
@@ -156,4 +173,40 @@ def apply_return(message: ReturnMessage, *, now: datetime | None = None) -> Retu
         power_bank=bank,
         rental=rental,
         charges=charges,
+    )
+
+
+def _predates(rental: Rental, returned_at: datetime) -> bool:
+    """
+    Went the bank back before this rental began? Within the tolerance it is clock drift
+    between the cabinet and our server (the rental's start is our clock), and the rental
+    is closed at its start as before.
+    """
+    return returned_at < rental.started_at - timedelta(seconds=settings.IOT_SIGNATURE_TOLERANCE_SECONDS)
+
+
+def _earlier_rental_return(
+    message: ReturnMessage, station: Station, rental: Rental, returned_at: datetime
+) -> ReturnResult:
+    """
+    A report about an earlier rental: the open rental stays open and uncharged, and the
+    bank stays with its customer (the rental's lock, taken above, keeps it so meanwhile).
+    Not even the heartbeat moves: the message speaks about the past.
+    """
+    logger.warning(
+        "Return of %s at %s dated %s, before its open rental %s started at %s: "
+        "an earlier rental's; nothing changed",
+        message.return_event.power_bank_serial,
+        station.serial_number,
+        returned_at.isoformat(),
+        rental.rental_code,
+        rental.started_at.isoformat(),
+    )
+    return ReturnResult(
+        station=station,
+        slot_number=message.return_event.slot_number,
+        power_bank=rental.power_bank,
+        rental=None,
+        charges=None,
+        predates=rental,
     )

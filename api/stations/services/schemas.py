@@ -6,9 +6,11 @@ the model validators add the cross-field rules: no slot twice, no bank in two sl
 `slots` agreeing with `power_banks`. Unknown extra keys are accepted and kept.
 """
 
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from django.conf import settings
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -61,6 +63,27 @@ class _Message(BaseModel):
         return datetime.fromtimestamp(self.timestamp, tz=UTC)
 
 
+class _OrderedMessage(_Message):
+    """
+    A `full` or `status` message: its timestamp becomes the station's ordering key, so it
+    must not be ahead of our clock by more than a signature's timestamp may be. Accepted,
+    a timestamp from a cabinet whose clock runs days ahead would make every genuine message
+    after it stale until that day (docs/design.md, ordering).
+    """
+
+    @field_validator("timestamp")
+    @classmethod
+    def _not_in_the_future(cls, value: int) -> int:
+        tolerance = settings.IOT_SIGNATURE_TOLERANCE_SECONDS
+        ahead = value - int(time.time())
+        if ahead > tolerance:
+            raise ValueError(
+                f"The timestamp is {ahead} s in the future by our clock; at most {tolerance} s "
+                "is accepted. Check the clock of the device or sender."
+            )
+        return value
+
+
 class _Part(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -109,7 +132,7 @@ class PowerBankReport(_Part):
     hardware_info: dict[str, Any] = Field(default_factory=dict)
 
 
-class FullSyncMessage(_Message):
+class FullSyncMessage(_OrderedMessage):
     type: Literal["full"]
     device: FullDevice
     station: FullStation = Field(default_factory=FullStation)
@@ -226,7 +249,7 @@ class StatusDevice(_Part):
     status: StationStatus
 
 
-class StatusMessage(_Message):
+class StatusMessage(_OrderedMessage):
     type: Literal["status"]
     device: StatusDevice
 

@@ -475,10 +475,30 @@ class SequenceTests(HostileInputTestCase):
         except Conflict:
             pass  # rented already, or not AVAILABLE: the service refused, as it should
 
-    def assertApplied(self, step, data: dict) -> None:
+    def open_rental_started(self, step, start: int) -> tuple[Rental | None, bool]:
+        """For a return: the bank's open rental, and whether the return predates it."""
+        if not isinstance(step, Returned):
+            return None, False
+        rental = Rental.objects.filter(
+            power_bank__serial_number=SEQUENCE_BANKS[step.bank], status__in=OPEN_RENTAL_STATUSES
+        ).first()
+        returned = start + step.at - (step.returned_earlier_by or 0)
+        tolerance = 300  # IOT_SIGNATURE_TOLERANCE_SECONDS above
+        return rental, rental is not None and returned < rental.started_at.timestamp() - tolerance
+
+    def assertApplied(self, step, data: dict, *, predated: Rental | None = None) -> None:
         """What a first delivery must have done (docs/design.md, rules 4 and 7)."""
+        if predated is not None:
+            # A return from before the bank's open rental began is an earlier rental's.
+            note_event("a return predating the open rental")
+            self.assertIs(data["predates_open_rental"], True, step)
+            predated.refresh_from_db()
+            self.assertIn(predated.status, OPEN_RENTAL_STATUSES, step)
+            self.assertIsNone(predated.ended_at, step)
+            return
         if isinstance(step, Returned):
-            # A return always places the bank and closes its open rental, whatever came before.
+            # Otherwise a return always places the bank and closes its open rental.
+            self.assertIs(data["predates_open_rental"], False, step)
             bank = PowerBank.objects.select_related("current_slot__station").get(
                 serial_number=SEQUENCE_BANKS[step.bank]
             )
@@ -516,6 +536,7 @@ class SequenceTests(HostileInputTestCase):
                 body = sent[step.which % len(sent)]
             else:
                 body = self.body_for(step, start)
+            rental, predates = self.open_rental_started(step, start)
             response = self.send_signed(body)
             self.assertEqual(response.status_code, 200, (step, response.content))
             self.assertContractAnswer(response)
@@ -525,7 +546,7 @@ class SequenceTests(HostileInputTestCase):
             else:
                 first_answer[body] = response.content
                 sent.append(body)
-                self.assertApplied(step, response.json()["data"])
+                self.assertApplied(step, response.json()["data"], predated=rental if predates else None)
             self.assertEqual(invariant_violations(), [], step)
 
         now = timezone.now()

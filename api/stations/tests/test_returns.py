@@ -2,13 +2,25 @@
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from io import StringIO
+from unittest import mock
 
-from django.test import TestCase
+from django.core.management import call_command
+from django.test import TestCase, override_settings
 
 from api.rentals.models import PaymentModel, PaymentStatus, Rental, RentalPackage, RentalStatus
 from api.rentals.services.rental_service import RentalService
 from api.rentals.signals import rental_completed
-from api.stations.models import PowerBank, PowerBankStatus, SlotStatus, Station, StationSlot
+from api.stations.ingest import delivery
+from api.stations.models import (
+    IoTEvent,
+    IoTEventOutcome,
+    PowerBank,
+    PowerBankStatus,
+    SlotStatus,
+    Station,
+    StationSlot,
+)
 from api.stations.services.station_sync_service import StationSyncService
 from api.stations.tests.factories import (
     STATION_SERIAL,
@@ -112,8 +124,9 @@ class ReturnTests(FleetInvariantsMixin, TestCase):
 
     def test_the_return_time_is_never_before_the_start_nor_in_the_future(self):
         rental = self.rent()
+        # A minute before the start: clock drift within the tolerance, kept at the start.
         self.service.process_return_event(
-            return_payload(BANK, 2, returned_at=at(self.t0 - 3600), timestamp=now_ts())
+            return_payload(BANK, 2, returned_at=at(self.t0), timestamp=now_ts())
         )
         rental.refresh_from_db()
         self.assertEqual(rental.ended_at, rental.started_at)
@@ -246,12 +259,14 @@ class ReturnTests(FleetInvariantsMixin, TestCase):
                 "power_bank_status",
                 "station_serial",
                 "slot_number",
+                "predates_open_rental",
             },
         )
         self.assertEqual(data["rental_id"], str(rental.pk))
         self.assertEqual(data["rental_status"], "COMPLETED")
         self.assertEqual(data["power_bank_status"], "AVAILABLE")
         self.assertEqual(data["slot_number"], 2)
+        self.assertIs(data["predates_open_rental"], False)
 
     def test_a_return_is_applied_even_after_newer_device_state(self):
         rental = self.rent()
@@ -263,6 +278,126 @@ class ReturnTests(FleetInvariantsMixin, TestCase):
         rental.refresh_from_db()
         self.assertEqual(rental.status, RentalStatus.COMPLETED)
         self.assertEqual(rental.ended_at, at(returned))
+
+
+class EarlierRentalReturnTests(FleetInvariantsMixin, TestCase):
+    """
+    A return dated more than the clock tolerance before the bank's open rental started is
+    about an earlier rental (a re-generated message, a delayed one, an operator re-running
+    an old event): it closes nothing, charges nothing and leaves the bank where it is.
+    """
+
+    def setUp(self):
+        self.service = StationSyncService()
+        self.sender = SenderClient(make_staff())
+        self.customer = make_staff("customer@chargeghar.test", is_staff=False)
+        self.package = RentalPackage.objects.create(
+            name="One hour", duration_minutes=60, price=Decimal("100.00"), grace_minutes=5
+        )
+        self.t0 = now_ts() - 3 * 3600
+        self.service.sync_station_data(full_payload(banks={2: (BANK, 100)}, timestamp=self.t0))
+        self.first = self.rent(self.t0 + 60)
+
+    def rent(self, started: int) -> Rental:
+        return RentalService.start_rental(
+            user=self.customer,
+            power_bank=PowerBank.objects.get(serial_number=BANK),
+            package=self.package,
+            started_at=at(started),
+        )
+
+    def assertUntouched(self, rental: Rental) -> None:
+        before = {field: getattr(rental, field) for field in ("status", "ended_at", "base_amount", "updated_at")}
+        rental.refresh_from_db()
+        self.assertEqual(
+            {field: getattr(rental, field) for field in before}, before, "the open rental was touched"
+        )
+        self.assertIsNone(rental.ended_at)
+        bank = PowerBank.objects.get(serial_number=BANK)
+        self.assertEqual((bank.status, bank.current_slot_id), (PowerBankStatus.RENTED, None))
+        self.assertFalse(StationSlot.objects.filter(status=SlotStatus.OCCUPIED).exists())
+        self.assertFleetInvariants()
+
+    def test_a_second_message_about_the_first_rentals_return_leaves_the_second_rental_open(self):
+        returned = self.t0 + 600
+        self.service.process_return_event(return_payload(BANK, 2, returned_at=at(returned), timestamp=returned))
+        second = self.rent(self.t0 + 3600)
+        station = Station.objects.get()
+
+        # Not the identical body (the event log answers that one): the cabinet's re-generated report.
+        response = self.sender.post(return_payload(BANK, 3, returned_at=at(returned), timestamp=returned + 40))
+
+        self.assertEqual(response.status_code, 200, response.content)
+        answer = response.json()
+        data = answer["data"]
+        self.assertIs(data["predates_open_rental"], True)
+        self.assertIsNone(data["rental_id"])
+        self.assertIsNone(data["charges"])
+        self.assertEqual(data["power_bank_status"], PowerBankStatus.RENTED)
+        self.assertIn("earlier rental", answer["message"])
+        self.assertUntouched(second)
+        self.assertEqual(Station.objects.get().last_heartbeat, station.last_heartbeat)
+        event = IoTEvent.objects.get()
+        self.assertEqual(event.outcome, IoTEventOutcome.PROCESSED)
+        self.assertEqual(event.response_data, answer)
+        self.first.refresh_from_db()
+        self.assertEqual(self.first.ended_at, at(returned), "the first rental keeps its own return")
+
+    def test_without_returned_at_the_body_timestamp_decides(self):
+        self.service.process_return_event(return_payload(BANK, 2, timestamp=self.t0 + 600))
+        second = self.rent(self.t0 + 3600)
+        payload = return_payload(BANK, 2, timestamp=self.t0 + 610)
+        del payload["return_event"]["returned_at"]
+
+        data = self.service.process_return_event(payload)
+
+        self.assertIs(data["predates_open_rental"], True)
+        self.assertUntouched(second)
+
+    def test_a_return_dated_within_the_tolerance_before_the_start_closes_the_rental_at_its_start(self):
+        data = self.service.process_return_event(
+            return_payload(BANK, 2, returned_at=at(self.t0 + 60 - 240), timestamp=now_ts())
+        )
+
+        self.assertIs(data["predates_open_rental"], False)
+        self.first.refresh_from_db()
+        self.assertEqual(self.first.status, RentalStatus.COMPLETED)
+        self.assertEqual(self.first.ended_at, self.first.started_at)
+
+    @override_settings(IOT_SIGNATURE_TOLERANCE_SECONDS=30)
+    def test_the_margin_is_the_signature_tolerance(self):
+        data = self.service.process_return_event(
+            return_payload(BANK, 2, returned_at=at(self.t0 + 60 - 240), timestamp=now_ts())
+        )
+
+        self.assertIs(data["predates_open_rental"], True)
+        self.assertUntouched(self.first)
+
+    def test_re_processing_an_old_failed_return_does_not_close_the_next_rental(self):
+        body = return_payload(BANK, 2, returned_at=at(self.t0 + 600), timestamp=self.t0 + 605)
+        with (
+            mock.patch.object(delivery, "apply_message", side_effect=RuntimeError("transient")),
+            self.assertLogs("main_app.exceptions", "ERROR"),
+        ):
+            failed = self.sender.post(body)
+        self.assertEqual(failed.status_code, 500)
+        event = IoTEvent.objects.get()
+        self.assertEqual(event.outcome, IoTEventOutcome.FAILED)
+        # The next snapshot shows the bank back: the first rental closes as a lost return.
+        self.service.sync_station_data(full_payload(banks={2: (BANK, 90)}, timestamp=self.t0 + 900))
+        self.first.refresh_from_db()
+        self.assertEqual(self.first.status, RentalStatus.COMPLETED)
+        second = self.rent(self.t0 + 3600)
+
+        out = StringIO()
+        call_command("reprocess_iot_events", "--failed", stdout=out)
+
+        lines = out.getvalue().splitlines()
+        self.assertTrue(lines[0].startswith(f"event {event.pk}: PROCESSED (HTTP 200)"), lines)
+        self.assertIn("earlier rental", lines[0])
+        self.assertUntouched(second)
+        event.refresh_from_db()
+        self.assertIs(event.response_data["data"]["predates_open_rental"], True)
 
 
 class StartRentalTests(TestCase):
