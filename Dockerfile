@@ -3,9 +3,12 @@
 #   docker compose up -d          (see docker-compose.yml and docs/deploy.md)
 FROM python:3.11-slim
 
+# PROMETHEUS_MULTIPROC_DIR: where the gunicorn workers keep their metrics for GET /metrics
+# (the entrypoint creates and empties it); it must be in the environment before Python starts.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/chargeghar-metrics
 
 WORKDIR /app
 
@@ -19,7 +22,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 # Only what runs in production: no .venv, .env, db.sqlite3, tests' artifacts or .git
 # reach the image even without a .dockerignore. The code stays owned by root (read-only
 # for the app user).
-COPY manage.py ./
+COPY manage.py gunicorn.conf.py ./
 COPY main_app ./main_app
 COPY api ./api
 # The signature check uses iot_tools.wire; iot_send and simulate_stations use the rest.
@@ -44,5 +47,5 @@ ENTRYPOINT ["/app/docker/entrypoint.sh"]
 # A shell reads WEB_WORKERS and WEB_THREADS at run time; the entrypoint's exec and this exec
 # leave gunicorn as PID 1, so SIGTERM from `docker stop` reaches it directly. Threaded workers
 # keep the sender's connections alive, and a worker's second thread runs while the first
-# waits for the database (docs/performance.md).
-CMD ["sh", "-c", "exec gunicorn main_app.wsgi:application --bind 0.0.0.0:8000 --workers ${WEB_WORKERS:-4} --worker-class gthread --threads ${WEB_THREADS:-2} --access-logfile -"]
+# waits for the database (docs/performance.md). The config module has the metrics' hooks.
+CMD ["sh", "-c", "exec gunicorn main_app.wsgi:application --config python:main_app.gunicorn_conf --bind 0.0.0.0:8000 --workers ${WEB_WORKERS:-4} --worker-class gthread --threads ${WEB_THREADS:-2} --access-logfile -"]

@@ -16,6 +16,10 @@ def default_settings_module(argv):
 
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", default_settings_module(sys.argv))
+    # Only gunicorn's workers serve /metrics. A command started where the variable is set
+    # (the Docker image sets it for every process) would leave files of its own in the
+    # workers' directory, one set per run of a cron job: it counts in its own memory instead.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

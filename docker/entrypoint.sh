@@ -6,6 +6,12 @@ set -eu
 
 cd "$(dirname "$0")/.."
 
+# The workers' metrics are summed from files in PROMETHEUS_MULTIPROC_DIR (set in the image);
+# it must exist before any Python process with the variable imports the app.
+if [ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
+    mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+fi
+
 case "${DATABASE_URL:-}" in
 postgres://* | postgresql://* | pgsql://* | psql://* | postgis://*)
     # Connect with the app's own settings, so the URL is parsed exactly as the app parses it.
@@ -51,6 +57,11 @@ if [ "${SKIP_MIGRATE:-0}" = "1" ]; then
     echo "entrypoint: SKIP_MIGRATE=1, not migrating"
 else
     python manage.py migrate --noinput
+fi
+
+# Emptied of an earlier run's values right before the command, so counts start from zero.
+if [ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
+    find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -type f -delete
 fi
 
 exec "$@"

@@ -82,7 +82,8 @@ ADMIN_LOGIN_FAILURES = Counter(
 )
 ADMIN_LOGIN_LOCKOUTS = Counter(
     "chargeghar_admin_login_lockouts_total",
-    "Logins locked out by django-axes (its user_locked_out signal).",
+    "Login attempts locked out by django-axes (its user_locked_out signal: the failure that locks, "
+    "and each attempt refused while locked).",
 )
 DATABASE_UNAVAILABLE = Counter(
     "chargeghar_database_unavailable_total",

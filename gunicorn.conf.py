@@ -1,0 +1,3 @@
+# Read by gunicorn when it is started in this directory without --config: the hooks that
+# keep the metrics right across workers (main_app/gunicorn_conf.py).
+from main_app.gunicorn_conf import child_exit, on_starting  # noqa: F401
