@@ -414,6 +414,8 @@ def logging_config(*, to_file, level, console_level, request_level):
             "main_app": {"handlers": handlers, "level": level, "propagate": False},
             # The sender and the fleet simulator, when run as management commands.
             "iot_tools": {"handlers": handlers, "level": level, "propagate": False},
+            # Login failures and lockouts (warnings; passwords are never in them).
+            "axes": {"handlers": handlers, "level": "WARNING", "propagate": False},
             "django.request": {"handlers": handlers, "level": request_level, "propagate": False},
         },
     }
