@@ -19,18 +19,29 @@ What the fleet does (the formats of docs/contract.md, section 2, keys in the Jav
 - stations drop OFFLINE and come back ONLINE (`status` messages), sending nothing between;
 - some bodies are sent twice (the identical bytes, as the sender's retry after a lost
   answer), and some full syncs are held back and sent after a newer one (out of date).
+
+`IoTApiServer` plays the other direction, the IoT system's own HTTP API for the same
+cabinets (login, `popup_sn`, `check`, `check_all`; docs/contract.md, "The other
+direction"), with a configurable delay, refusal and timeout rate. A bank it ejects is gone
+from the cabinet's next full sync and comes back later like any rented bank. With
+`takes_by_request`, a customer's take is only a wish (`Take`): the bank leaves its slot when
+the runner's rental start has the API eject it.
 """
 
 import heapq
 import itertools
+import json
 import logging
 import random
+import secrets
 import threading
 import time
+import urllib.parse
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from iot_tools.client import IoTSender, SendResult
 from iot_tools.wire import SlotState, compact_json, full_message, iso_utc, returned_message, status_message
@@ -194,21 +205,34 @@ class Fleet:
     in time order; a station's items must be delivered in that order.
 
     With `wait_for_takes`, a bank is returned only after its `Take.executed` is set (the
-    runner sets it); without, takes count as carried out at once.
+    runner sets it); without, takes count as carried out at once. With `takes_by_request`,
+    a take leaves the bank in its slot: it leaves when `eject` is called for it (the IoT
+    API does, for the rental the runner starts).
+
+    Thread-safe: `advance`, `eject` and `inventory` hold one lock, since the API's threads
+    change the cabinets while the runner plays them.
     """
 
-    def __init__(self, config: FleetConfig, *, start: float, wait_for_takes: bool = False):
+    def __init__(
+        self, config: FleetConfig, *, start: float, wait_for_takes: bool = False, takes_by_request: bool = False
+    ):
         config.validate()
         self.config = config
         self.rng = random.Random(config.seed)
         self.wait_for_takes = wait_for_takes
+        self.takes_by_request = takes_by_request
+        self.lock = threading.RLock()
         self._events: list[tuple[float, int, str, object]] = []
         self._sequence = itertools.count()
         self._bank_serials: set[str] = set()
         self.counts: Counter[str] = Counter()
         self.stations = [self._new_station(index) for index in range(1, config.stations + 1)]
+        self._by_serial = {station.serial: station for station in self.stations}
         for station in self.stations:
             self._schedule(start, "full", station)
+
+    def station(self, serial: str) -> "SimStation | None":
+        return self._by_serial.get(serial)
 
     # Set-up.
 
@@ -246,10 +270,42 @@ class Fleet:
 
     def advance(self, until: float) -> list[Message | Take]:
         produced: list[Message | Take] = []
-        while self._events and self._events[0][0] <= until:
-            at, _, kind, target = heapq.heappop(self._events)
-            produced.extend(getattr(self, f"_on_{kind}")(at, target))
+        with self.lock:
+            while self._events and self._events[0][0] <= until:
+                at, _, kind, target = heapq.heappop(self._events)
+                produced.extend(getattr(self, f"_on_{kind}")(at, target))
         return produced
+
+    # What the IoT system's API asks of a cabinet.
+
+    def eject(self, station_serial: str, bank_serial: str, *, at: float | None = None) -> "Ejection":
+        """Pop `bank_serial` out of its slot now: it goes with a customer and comes back later."""
+        at = time.time() if at is None else at
+        with self.lock:
+            station = self._by_serial.get(station_serial)
+            if station is None or not station.online:
+                return Ejection("offline")
+            slot = next((s for s in station.slots if s.bank is not None and s.bank.serial == bank_serial), None)
+            if slot is None:
+                return Ejection("absent")
+            if slot.error is not None:
+                return Ejection("jammed", slot.number)  # the slot's spring does not release it
+            bank, slot.bank = slot.bank, None
+            slot.lock_count += 1
+            take = Take(station.serial, bank.serial, slot.number, at)
+            take.executed.set()  # the rental exists: the API is asked for a started rental
+            bank.origin, bank.take = station, take
+            self.counts["ejections"] += 1
+            self._schedule(at + self.config.return_after * self.rng.uniform(1.0, 1.5), "return", bank)
+            return Ejection("ejected", slot.number)
+
+    def inventory(self, station_serial: str) -> "list[SimSlot] | None":
+        """The cabinet's slots as it reads them now; None when it is offline or unknown."""
+        with self.lock:
+            station = self._by_serial.get(station_serial)
+            if station is None or not station.online:
+                return None
+            return [replace(slot) for slot in station.slots]
 
     def _maybe_resend(self, message: Message) -> list[Message]:
         if self.rng.random() < self.config.resend_probability:
@@ -306,6 +362,12 @@ class Fleet:
         if not candidates:
             return []
         slot = self.rng.choice(candidates)
+        if self.takes_by_request:
+            # A customer asks for this bank; it leaves only if the API ejects it.
+            self.counts["takes"] += 1
+            take = Take(station.serial, slot.bank.serial, slot.number, at)
+            take.executed.set()
+            return [take]
         bank, slot.bank = slot.bank, None
         slot.lock_count += 1
         take = Take(station.serial, bank.serial, slot.number, at)
@@ -656,3 +718,281 @@ class FleetRunner:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self.elapsed = self.clock() - start
         return self.stats
+
+
+# --- The IoT system's own API, for the fleet's cabinets -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Ejection:
+    """A cabinet's answer to `Fleet.eject`: "ejected", "absent", "jammed" or "offline"."""
+
+    outcome: str
+    slot: int | None = None
+
+
+@dataclass
+class ApiBehaviour:
+    """How the simulated IoT system answers. Rates are shares 0-1, drawn per request."""
+
+    delay: float = 0.5  # seconds the cabinet takes to answer an ejection
+    refusal_rate: float = 0.0  # the cabinet answers and does not eject (status 0x02)
+    timeout_rate: float = 0.0  # no answer from the cabinet: 408 "Request Time Out" after `wait`
+    late_eject_rate: float = 0.5  # of the timed-out ones, the share whose bank comes out anyway
+    wait: float = 15.0  # how long the IoT system waits for the cabinet (15 s in the real one)
+    hang: bool = False  # accept ejections and never answer them (until the server stops)
+    check_delay: float = 0.2  # seconds a cabinet takes to answer an inventory
+
+    def validate(self) -> None:
+        for name in ("refusal_rate", "timeout_rate", "late_eject_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")
+        for name in ("delay", "wait", "check_delay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+
+def _http_result(data, *, code: int = 200, msg: str = "ok") -> dict:
+    """The IoT system's answer envelope (its HttpResult)."""
+    return {"code": code, "type": 0, "data": data, "msg": msg, "time": int(time.time() * 1000)}
+
+
+def _powerbank_entry(slot: SimSlot) -> dict:
+    """One slot as the IoT system's /check answers it (its Powerbank, as Jackson writes it)."""
+    bank = slot.bank
+    if slot.error is not None:
+        status, message = int(slot.error[0], 16), slot.error[1]
+    elif bank is not None:
+        status, message = 1, "OK"
+    else:
+        status, message = 0, "NONE"
+    serial = bank.serial if bank is not None else "0"
+    return {
+        "index": slot.number,
+        "pinboardIndex": (slot.number - 1) // 4 + 1,
+        "status": status,
+        "power": bank.battery if bank is not None else 0,
+        "temp": bank.temperature if bank is not None else 0,
+        "voltage": 0,
+        "current": 0,
+        "snAsInt": int(serial),
+        "snAsString": serial,
+        "area": 0,
+        "softVersion": 0,
+        "hardVersion": 0,
+        "message": message,
+        "locked": False,
+        "lockCount": slot.lock_count,
+        "putaway": bank is not None,
+        "microSwitch": "0",
+        "solenoidValveSwitch": "0",
+    }
+
+
+class IoTApiServer:
+    """
+    The Java IoT system's HTTP API for a `Fleet`'s cabinets, on a `ThreadingHTTPServer`:
+
+    - `POST /api/auth/login {"username", "password"}` -> 200 `{"success", "message", "token", "user"}`
+    - `GET /popup_sn?rentboxSN=&singleSN=` -> 200 `data {slot, powerbankSN, status, success}`,
+      or 408 "Device is Offline" / "Request Time Out"
+    - `GET /check?deviceName=` (occupied slots) and `/check_all?deviceName=` (every slot)
+
+    Every GET wants `Authorization: Bearer <token>`: without a valid one it is refused before
+    reaching a cabinet, 401 for a client that accepts JSON, else a redirect to /login, as
+    the real one's filter does. `port=0` picks a free port (`url` tells which).
+
+    `popups` records every ejection request with what the server did about it, and
+    `expire_tokens()` forgets the tokens it gave out (the next GET is a 401).
+    """
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        *,
+        username: str,
+        password: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        behaviour: ApiBehaviour | None = None,
+        seed: int | None = None,
+    ):
+        if not username or not password:
+            raise ValueError("the API needs a username and a password to accept")
+        self.fleet = fleet
+        self.behaviour = behaviour or ApiBehaviour()
+        self.behaviour.validate()
+        self._username = username
+        self._password = password
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._tokens: set[str] = set()
+        self._stopping = threading.Event()
+        self.logins = 0
+        self.popups: list[tuple[str, str, str]] = []  # (station, bank, what happened)
+        self.checks: list[tuple[str, str]] = []  # (path, station)
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self):
+        return f"<IoTApiServer {self.url} for {len(self.fleet.stations)} cabinet(s)>"
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "IoTApiServer":
+        self._thread = threading.Thread(target=self._server.serve_forever, name="iot-api", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # releases requests that hang on purpose
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "IoTApiServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def expire_tokens(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+    def _draw(self) -> float:
+        with self._lock:
+            return self._rng.random()
+
+    def _record(self, station: str, bank: str, what: str) -> None:
+        with self._lock:
+            self.popups.append((station, bank, what))
+
+    # Requests.
+
+    def login(self, body) -> dict:
+        if (
+            isinstance(body, dict)
+            and secrets.compare_digest(str(body.get("username", "")).encode(), self._username.encode())
+            and secrets.compare_digest(str(body.get("password", "")).encode(), self._password.encode())
+        ):
+            token = secrets.token_urlsafe(24)
+            with self._lock:
+                self._tokens.add(token)
+                self.logins += 1
+            return {
+                "success": True,
+                "message": "Login successful",
+                "token": token,
+                "user": {"id": 1, "username": self._username, "role": "ADMIN", "isActive": True},
+            }
+        return {"success": False, "message": "Invalid username or password", "token": None, "user": None}
+
+    def authorized(self, header: str) -> bool:
+        token = header[len("Bearer "):] if header.startswith("Bearer ") else ""
+        with self._lock:
+            return token in self._tokens
+
+    def popup(self, station_serial: str, bank_serial: str) -> tuple[int, dict]:
+        behaviour = self.behaviour
+        if self.fleet.inventory(station_serial) is None:
+            self._record(station_serial, bank_serial, "offline")
+            return 408, _http_result(None, code=408, msg="Device is Offline")
+        if behaviour.hang:
+            self._record(station_serial, bank_serial, "hung")
+            self._stopping.wait()
+            return 408, _http_result(None, code=408, msg="Request Time Out")
+        if self._draw() < behaviour.timeout_rate:
+            late = self._draw() < behaviour.late_eject_rate
+            self._stopping.wait(behaviour.wait)
+            if late:
+                done = self.fleet.eject(station_serial, bank_serial)
+                self._record(station_serial, bank_serial, f"timed out, {done.outcome} late")
+            else:
+                self._record(station_serial, bank_serial, "timed out")
+            return 408, _http_result(None, code=408, msg="Request Time Out")
+        self._stopping.wait(behaviour.delay)
+        if self._draw() < behaviour.refusal_rate:
+            slots = self.fleet.inventory(station_serial) or []
+            slot = next((s.number for s in slots if s.bank is not None and s.bank.serial == bank_serial), 0)
+            self._record(station_serial, bank_serial, "refused")
+            return 200, _http_result({"slot": slot, "powerbankSN": bank_serial, "status": 2, "success": False})
+        done = self.fleet.eject(station_serial, bank_serial)
+        self._record(station_serial, bank_serial, done.outcome)
+        if done.outcome == "offline":
+            return 408, _http_result(None, code=408, msg="Device is Offline")
+        if done.outcome == "ejected":
+            return 200, _http_result({"slot": done.slot, "powerbankSN": bank_serial, "status": 1, "success": True})
+        status = 4 if done.outcome == "jammed" else 2
+        return 200, _http_result(
+            {"slot": done.slot or 0, "powerbankSN": bank_serial, "status": status, "success": False}
+        )
+
+    def check(self, station_serial: str, *, all_slots: bool) -> tuple[int, dict]:
+        with self._lock:
+            self.checks.append(("/check_all" if all_slots else "/check", station_serial))
+        self._stopping.wait(self.behaviour.check_delay)
+        slots = self.fleet.inventory(station_serial)
+        if slots is None:
+            # The real one answers an inventory's failure 500 with the exception's text.
+            return 500, _http_result(None, code=500, msg="java.lang.Exception: Device is Offline")
+        entries = [_powerbank_entry(slot) for slot in slots if all_slots or slot.bank is not None]
+        return 200, _http_result(entries)
+
+    def _handler_class(self):
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            server_version = "SimulatedIoTSystem/1"
+
+            def log_message(self, format, *args):  # noqa: A002 - the base class's name
+                logger.debug("IoT API %s: " + format, self.address_string(), *args)
+
+            def _send(self, status: int, payload, headers: dict | None = None) -> None:
+                body = json.dumps(payload, ensure_ascii=False).encode("utf-8") if payload is not None else b""
+                self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                if payload is not None:
+                    self.send_header("Content-Type", "application/json;charset=UTF-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802 - http.server's name
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                if urllib.parse.urlsplit(self.path).path != "/api/auth/login":
+                    self._send(404, _http_result(None, code=404, msg="Not Found"))
+                    return
+                try:
+                    body = json.loads(raw.decode("utf-8")) if raw else None
+                except (UnicodeDecodeError, ValueError):
+                    body = None
+                self._send(200, api.login(body))
+
+            def do_GET(self):  # noqa: N802
+                parts = urllib.parse.urlsplit(self.path)
+                query = {key: values[-1] for key, values in urllib.parse.parse_qs(parts.query).items()}
+                if parts.path not in ("/popup_sn", "/check", "/check_all"):
+                    self._send(404, _http_result(None, code=404, msg="Not Found"))
+                    return
+                if not api.authorized(self.headers.get("Authorization", "")):
+                    if "application/json" in self.headers.get("Accept", ""):
+                        self._send(401, {"error": "Authentication required", "code": 401})
+                    else:
+                        self._send(302, None, {"Location": "/login"})
+                    return
+                if parts.path == "/popup_sn":
+                    status, payload = api.popup(query.get("rentboxSN", ""), query.get("singleSN", ""))
+                else:
+                    status, payload = api.check(query.get("deviceName", ""), all_slots=parts.path == "/check_all")
+                self._send(status, payload)
+
+        return Handler

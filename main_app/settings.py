@@ -359,6 +359,25 @@ IOT_OFFLINE_AFTER_MINUTES = _read("IOT_OFFLINE_AFTER_MINUTES", "int", 30)
 # Seconds the sender is told to wait when the database is unreachable.
 IOT_RETRY_AFTER_SECONDS = _read("IOT_RETRY_AFTER_SECONDS", "int", 5)
 
+# --- The other direction: the IoT system's HTTP API (ejecting banks, inventories) -------
+# docs/contract.md, "The other direction". Empty URL: no cabinet can be asked, so a rental
+# waits in PENDING_POPUP until the cabinet's own reports settle it.
+IOT_SYSTEM_API_URL = _read("IOT_SYSTEM_API_URL", "str", "")
+IOT_SYSTEM_API_USERNAME = _read("IOT_SYSTEM_API_USERNAME", "str", "")
+IOT_SYSTEM_API_PASSWORD = _read("IOT_SYSTEM_API_PASSWORD", "str", "")
+IOT_SYSTEM_API_CONNECT_TIMEOUT = _read("IOT_SYSTEM_API_CONNECT_TIMEOUT", "float", 3.0)
+# Login and anything without a wait of its own.
+IOT_SYSTEM_API_TIMEOUT = _read("IOT_SYSTEM_API_TIMEOUT", "float", 10.0)
+# The IoT system waits up to 15 s for the cabinet's answer to an ejection, 10 s to an inventory.
+IOT_SYSTEM_API_POPUP_TIMEOUT = _read("IOT_SYSTEM_API_POPUP_TIMEOUT", "float", 20.0)
+IOT_SYSTEM_API_CHECK_TIMEOUT = _read("IOT_SYSTEM_API_CHECK_TIMEOUT", "float", 15.0)
+# A cabinet report this long after an ejection request that still shows the bank in its
+# slot cancels the rental; monitor_stations asks for an inventory once a rental has waited this long.
+IOT_POPUP_GRACE_SECONDS = _read("IOT_POPUP_GRACE_SECONDS", "int", 120)
+# The client the server uses (a dotted path to a class built from the settings above); the
+# test settings swap in a cabinet that ejects at once.
+IOT_SYSTEM_API_CLIENT = "api.iot_system.client.IoTSystemClient"
+
 # --- Metrics (GET /metrics, main_app/metrics.py) -----------------------------------------
 # Off: nothing is recorded and /metrics answers 404.
 METRICS_ENABLED = _read("METRICS_ENABLED", "bool", True)

@@ -51,6 +51,12 @@ AUTH_USER_CACHE_SECONDS = 0
 IOT_SIGNATURE_VERIFICATION = False
 IOT_SYSTEM_SIGNATURE_SECRET = ""
 IOT_SYSTEM_SIGNATURE_PREVIOUS_SECRETS = []
+# Tests that are not about the IoT system's API get a cabinet that ejects at once; the
+# ejection tests use the simulator's API over HTTP with the real client.
+IOT_SYSTEM_API_CLIENT = "api.iot_system.fakes.InstantCabinet"
+IOT_SYSTEM_API_URL = ""
+IOT_SYSTEM_API_USERNAME = ""
+IOT_SYSTEM_API_PASSWORD = ""
 # Tests post from 127.0.0.1 without a proxy; the allowlist's tests set their own.
 IOT_SYSTEM_ALLOWED_IPS = []
 IOT_TRUSTED_PROXIES = []

@@ -3,10 +3,13 @@ Rentals and rental packages in the operators' admin.
 
 A rental is a money record written only by `RentalService`: the admin shows rentals
 read-only, and its "add" page is a small "start a rental" form that calls
-`RentalService.start_rental` (the bank leaves its slot and becomes RENTED).
+`RentalService.start_rental`: the cabinet is asked to eject the bank, and the page says
+what it answered (ejected: the rental runs; refused: cancelled; no answer: the rental waits
+in PENDING_POPUP for the cabinet's next report).
 """
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.autocomplete import AutocompleteJsonView
 from django.contrib.admin.widgets import AutocompleteSelect
@@ -19,7 +22,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from api.rentals.models import PaymentStatus, Rental, RentalPackage, RentalStatus
+from api.iot_system.client import EjectOutcome
+from api.rentals.models import BANK_TAKEN_STATUSES, PaymentStatus, Rental, RentalPackage, RentalStatus
 from api.rentals.selectors import active_packages, overdue_rentals_q, past_due
 from api.rentals.services.rental_service import RentalService
 from api.stations.models import PowerBank
@@ -30,6 +34,7 @@ from main_app.exceptions import Conflict
 
 RENTAL_STATUS_TONE = {
     RentalStatus.PENDING: "muted",
+    RentalStatus.PENDING_POPUP: "warn",
     RentalStatus.ACTIVE: "info",
     RentalStatus.OVERDUE: "bad",
     RentalStatus.COMPLETED: "ok",
@@ -65,14 +70,17 @@ def bank_label(bank: PowerBank) -> str:
     return f"{bank.serial_number} · {bank.battery_level}% · {where}"
 
 
+def not_taken(queryset):
+    """Without the banks a rental has taken (one whose ejection is still under way included)."""
+    return queryset.exclude(rentals__status__in=BANK_TAKEN_STATUSES)
+
+
 class RentableBankAutocomplete(AutocompleteJsonView):
     """The bank picker's search: rentable banks only, fullest first, labelled with their place."""
 
     def get_queryset(self):
         return (
-            super()
-            .get_queryset()
-            .filter(rentable_power_banks_q())
+            not_taken(super().get_queryset().filter(rentable_power_banks_q()))
             .select_related("current_station", "current_slot")
             .order_by("-battery_level", "serial_number")
         )
@@ -98,7 +106,7 @@ class StartRentalForm(forms.Form):
     power_bank = BankChoiceField(
         queryset=PowerBank.objects.none(),
         error_messages={
-            "invalid_choice": "This power bank cannot be rented now: it is not AVAILABLE in a slot."
+            "invalid_choice": "This power bank cannot be rented now: it is not AVAILABLE in a slot, or a rental is ejecting it."
         },
         help_text="Only banks that are AVAILABLE and sit in a slot can be rented. "
         "Type part of the serial number or the station's name.",
@@ -111,7 +119,7 @@ class StartRentalForm(forms.Form):
         # A search box, not a <select> of every bank in the fleet. (The widget first: setting
         # the queryset hands the choices to the widget.)
         bank_field.widget = BankPicker(Rental._meta.get_field("power_bank"), admin_site)
-        bank_field.queryset = rentable_power_banks()
+        bank_field.queryset = not_taken(rentable_power_banks())
         self.fields["package"].queryset = active_packages()
         if not self.is_bound:
             # Offer a sole package preselected rather than "---------".
@@ -128,6 +136,33 @@ class StartRentalForm(forms.Form):
             raise forms.ValidationError("This customer's account is deactivated.")
         self.cleaned_data["customer"] = customer
         return email
+
+
+def start_message(rental: Rental) -> tuple[str, int]:
+    """What the operator is told after a start: the cabinet's answer and what it made of the rental."""
+    bank, station = rental.power_bank.serial_number, rental.station.serial_number if rental.station else "-"
+    said = f"Station {station} answered: {rental.ejection_message}."
+    if rental.status in (RentalStatus.ACTIVE, RentalStatus.OVERDUE):
+        return (
+            f"Rental {rental.rental_code} started: power bank {bank} to {rental.user.email} on "
+            f"{rental.package.name}, due {timezone.localtime(rental.due_at):%Y-%m-%d %H:%M}. {said}",
+            messages.SUCCESS,
+        )
+    if rental.status == RentalStatus.CANCELLED and rental.ejection_outcome == EjectOutcome.REFUSED:
+        return (
+            f"Rental {rental.rental_code} cancelled, nothing charged: station {station} did not eject "
+            f"power bank {bank}. {said}",
+            messages.ERROR,
+        )
+    if rental.status == RentalStatus.PENDING_POPUP:
+        return (
+            f"Rental {rental.rental_code} is waiting for station {station} ({rental.ejection_outcome}): "
+            f"{rental.ejection_message}. The ejection is not sent again: the cabinet's next full sync, or "
+            f"the inventory monitor_stations asks for after {settings.IOT_POPUP_GRACE_SECONDS} s, shows "
+            f"whether power bank {bank} left (the rental then runs from the request) or not (it is cancelled).",
+            messages.WARNING,
+        )
+    return (f"Rental {rental.rental_code} is {rental.get_status_display()}: {rental.ejection_message}.", messages.INFO)
 
 
 @admin.register(Rental)
@@ -158,6 +193,10 @@ class RentalAdmin(admin.ModelAdmin):
         ("Time", {"fields": ("started_at", "due_at", "ended_at", "on_time")}),
         ("Stations", {"fields": ("station_link", "return_station_link", "return_battery_level")}),
         (
+            "Ejection (what the cabinet said)",
+            {"fields": ("ejection_requested_at", "ejection_outcome", "ejection_message")},
+        ),
+        (
             "Money (computed by the rental service)",
             {"fields": ("base_amount", "overdue_amount", "charges_total", "payment_display")},
         ),
@@ -176,6 +215,9 @@ class RentalAdmin(admin.ModelAdmin):
         "station_link",
         "return_station_link",
         "return_battery_level",
+        "ejection_requested_at",
+        "ejection_outcome",
+        "ejection_message",
         "base_amount",
         "overdue_amount",
         "charges_total",
@@ -268,13 +310,7 @@ class RentalAdmin(admin.ModelAdmin):
                     form.add_error(None, exc.message)
                 else:
                     self.log_addition(request, rental, [{"added": {}}])
-                    self.message_user(
-                        request,
-                        f"Rental {rental.rental_code} started: power bank "
-                        f"{rental.power_bank.serial_number} to {rental.user.email} on "
-                        f"{rental.package.name}, due {timezone.localtime(rental.due_at):%Y-%m-%d %H:%M}.",
-                        messages.SUCCESS,
-                    )
+                    self.message_user(request, *start_message(rental))
                     return HttpResponseRedirect(reverse("admin:rentals_rental_change", args=[rental.pk]))
         else:
             initial = {}
@@ -285,6 +321,7 @@ class RentalAdmin(admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "title": "Start a rental",
+            "popup_timeout": f"{settings.IOT_SYSTEM_API_POPUP_TIMEOUT:g}",
             "subtitle": None,
             "opts": self.opts,
             "form": form,

@@ -16,6 +16,8 @@ class PaymentModel(models.TextChoices):
 
 class RentalStatus(models.TextChoices):
     PENDING = "PENDING", "Pending"
+    # Committed; the cabinet has been asked to eject the bank and has not said it did.
+    PENDING_POPUP = "PENDING_POPUP", "Ejecting"
     ACTIVE = "ACTIVE", "Active"
     OVERDUE = "OVERDUE", "Overdue"
     COMPLETED = "COMPLETED", "Completed"
@@ -24,6 +26,10 @@ class RentalStatus(models.TextChoices):
 
 # A rental is "open" while the customer holds the bank.
 OPEN_RENTAL_STATUSES = (RentalStatus.ACTIVE, RentalStatus.OVERDUE)
+# The bank is taken by the rental: being ejected for it, or with its customer. At most one
+# rental per bank is in one of these (the database holds it), so a bank cannot be rented
+# twice while its ejection is under way.
+BANK_TAKEN_STATUSES = (RentalStatus.PENDING_POPUP, *OPEN_RENTAL_STATUSES)
 
 
 class PaymentStatus(models.TextChoices):
@@ -103,16 +109,22 @@ class Rental(models.Model):
         max_length=16, choices=PaymentStatus.choices, default=PaymentStatus.PENDING
     )
     return_battery_level = models.PositiveSmallIntegerField(null=True, blank=True)
+    # The ejection (docs/contract.md, "The other direction"): when the cabinet was asked, the
+    # answer's outcome, and for operators what the cabinet said or how the rental was
+    # settled (the reason, for a cancelled one).
+    ejection_requested_at = models.DateTimeField(null=True, blank=True)
+    ejection_outcome = models.CharField(max_length=16, blank=True)
+    ejection_message = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-started_at"]
         constraints = [
-            # A power bank is in at most one customer's hands.
+            # A power bank is in at most one customer's hands, or on its way there.
             models.UniqueConstraint(
                 fields=["power_bank"],
-                condition=Q(status__in=OPEN_RENTAL_STATUSES),
+                condition=Q(status__in=BANK_TAKEN_STATUSES),
                 name="one_open_rental_per_power_bank",
             ),
             models.CheckConstraint(
@@ -132,7 +144,16 @@ class Rental(models.Model):
                 name="rental_return_battery_level_0_100",
             ),
         ]
-        indexes = [models.Index(fields=["status", "due_at"], name="rental_status_due_idx")]
+        indexes = [
+            models.Index(fields=["status", "due_at"], name="rental_status_due_idx"),
+            # Ejections waiting for their cabinet's report, by station: a full sync asks for
+            # them in its first statement, and there are usually none.
+            models.Index(
+                fields=["station"],
+                condition=Q(status="PENDING_POPUP"),
+                name="rental_pending_popup_idx",
+            ),
+        ]
 
     def __str__(self):
         return self.rental_code

@@ -7,8 +7,9 @@ and the dashboard may import it without tying the apps in a loop.
 """
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 
 from api.rentals.models import OPEN_RENTAL_STATUSES, Rental, RentalPackage, RentalStatus
@@ -40,20 +41,37 @@ def active_packages() -> QuerySet[RentalPackage]:
     return RentalPackage.objects.filter(is_active=True)
 
 
+def pending_ejections_q() -> Q:
+    """The cabinet was asked to eject the bank and has not said it did."""
+    return Q(status=RentalStatus.PENDING_POPUP)
+
+
 @dataclass(frozen=True)
 class RentalFigures:
     rentals_open: int
     rentals_overdue: int
+    # Ejections waiting for their cabinet, and of those the ones past the grace, which
+    # monitor_stations settles from an inventory.
+    rentals_pending_popup: int
+    rentals_pending_popup_stale: int
 
 
 def rental_figures(now: datetime) -> RentalFigures:
-    """Open and overdue rentals in one query."""
-    # Only open rentals are counted: the (status, due_at) index keeps this off the history.
-    counts = Rental.objects.filter(open_rentals_q()).aggregate(
-        open=Count("pk"),
+    """Open, overdue and ejecting rentals in one query."""
+    # Only unfinished rentals are counted: the (status, due_at) index keeps this off the history.
+    stale = now - timedelta(seconds=settings.IOT_POPUP_GRACE_SECONDS)
+    counts = Rental.objects.filter(open_rentals_q() | pending_ejections_q()).aggregate(
+        open=Count("pk", filter=open_rentals_q()),
         overdue=Count("pk", filter=overdue_rentals_q(now)),
+        pending=Count("pk", filter=pending_ejections_q()),
+        pending_stale=Count("pk", filter=pending_ejections_q() & Q(ejection_requested_at__lt=stale)),
     )
-    return RentalFigures(rentals_open=counts["open"], rentals_overdue=counts["overdue"])
+    return RentalFigures(
+        rentals_open=counts["open"],
+        rentals_overdue=counts["overdue"],
+        rentals_pending_popup=counts["pending"],
+        rentals_pending_popup_stale=counts["pending_stale"],
+    )
 
 
 def unfinished_rental_counts(now: datetime) -> dict[str, int]:

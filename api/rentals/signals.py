@@ -10,3 +10,8 @@ lock; an exception in a receiver is logged and does not affect the sender's answ
 from django.dispatch import Signal
 
 rental_completed = Signal()
+
+# Sent once per cancelled rental (its ejection refused, or the cabinet still had the bank
+# after the grace), after commit, with `rental`. Nothing was charged; payment code that
+# reserved money releases it here.
+rental_cancelled = Signal()

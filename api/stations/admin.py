@@ -21,6 +21,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from api.rentals.selectors import recent_rentals_of_bank
+from api.rentals.services.rental_service import RentalService
 from api.stations.ingest.delivery import reprocess
 from api.stations.models import (
     IoTEvent,
@@ -44,14 +45,18 @@ from api.stations.selectors import (
     station_by_serial,
     with_slot_counts,
 )
+from api.stations.services.inventory import eject_for_maintenance
 from api.stations.services.stations import set_status_by_operator
 from main_app.admin_display import ADMIN_MEDIA_CSS, admin_link, age, choice_badge, duration, pre, pretty_json
 from main_app.admin_filters import ConditionFilter
+from main_app.exceptions import Conflict
 
 RECENT_ROWS = 20
 # Re-processing runs each body through the full pipeline inside the request: more than
 # this belongs to `manage.py reprocess_iot_events`.
 MAX_REPROCESS_PER_ACTION = 100
+# Each cabinet asked from an action may take the IoT system's 15 s wait, inside the request.
+MAX_CABINETS_PER_ACTION = 5
 
 # --- Display: tones of the stations app's choices ---------------------------------------------
 
@@ -174,7 +179,7 @@ class StationAdmin(admin.ModelAdmin):
     list_filter = ("status", HeartbeatFreshnessFilter, PlacementFilter)
     search_fields = ("serial_number", "imei", "station_name", "address")
     readonly_fields = DEVICE_FIELDS
-    actions = ("put_in_maintenance", "back_online")
+    actions = ("put_in_maintenance", "back_online", "refresh_inventory")
     list_per_page = 100
     change_form_template = "admin/stations/station/change_form.html"
     # The change page is long (slot map, history, messages): offer Save at the top too.
@@ -326,6 +331,52 @@ class StationAdmin(admin.ModelAdmin):
             parts.append(f"{counts[None]} unchanged")
         self.message_user(request, "; ".join(parts) + ".", messages.SUCCESS)
 
+    @admin.action(description="Refresh inventory now (ask the cabinet)", permissions=["change"])
+    def refresh_inventory(self, request, queryset):
+        # The cabinet's answer settles the station's pending ejections; the slots themselves
+        # are rewritten by its next full sync (RentalService.check_station says why).
+        stations = list(queryset.order_by("serial_number")[: MAX_CABINETS_PER_ACTION + 1])
+        if len(stations) > MAX_CABINETS_PER_ACTION:
+            self.message_user(
+                request, f"Select at most {MAX_CABINETS_PER_ACTION} stations: each may take 15 s.", messages.WARNING
+            )
+            return
+        for station in stations:
+            check = RentalService.check_station(station)
+            inventory, settled = check.inventory, check.settlement
+            if not inventory.ok:
+                self.message_user(
+                    request,
+                    f"{station.serial_number}: no inventory ({inventory.outcome}: {inventory.message})"
+                    + (f"; {len(settled.still_pending)} ejection(s) still pending." if settled.still_pending else "."),
+                    messages.WARNING,
+                )
+                continue
+            said = ", ".join(
+                f"slot {report.slot}: {report.bank_serial or 'empty'}"
+                + (f" ({report.battery}%)" if report.bank_serial and report.battery is not None else "")
+                + (f" [{report.message}]" if report.message not in ("", "OK", "NONE") else "")
+                for report in inventory.slots
+            )
+            recorded = {
+                serial: slot_number
+                for serial, slot_number in PowerBank.objects.filter(
+                    current_station=station, current_slot__isnull=False
+                ).values_list("serial_number", "current_slot__slot_number")
+            }
+            differences = sorted(set(recorded.items()) ^ set(inventory.bank_slots().items()))
+            text = f"{station.serial_number} says: {said or 'no slots'}."
+            if settled.activated or settled.cancelled:
+                text += (
+                    f" Ejections confirmed: {', '.join(r.rental_code for r in settled.activated) or 'none'};"
+                    f" cancelled: {', '.join(r.rental_code for r in settled.cancelled) or 'none'}."
+                )
+            if settled.still_pending:
+                text += f" Still pending (within the grace): {', '.join(r.rental_code for r in settled.still_pending)}."
+            if differences:
+                text += f" Differs from our records in {len({serial for serial, _ in differences})} bank(s); the next full sync rewrites the slots."
+            self.message_user(request, text, messages.SUCCESS)
+
 
 def slot_cells(station: Station) -> list[dict]:
     """One cell per slot number 1..N for the slot map (two queries)."""
@@ -427,7 +478,7 @@ class PowerBankAdmin(admin.ModelAdmin):
         "current_station__station_name",
     )
     readonly_fields = POWER_BANK_SYNC_FIELDS
-    actions = ("rent_out",)
+    actions = ("rent_out", "eject_for_maintenance_action")
     list_per_page = 100
 
     class Media:
@@ -498,6 +549,23 @@ class PowerBankAdmin(admin.ModelAdmin):
             return None
         url = reverse("admin:rentals_rental_add") + "?" + urlencode({"power_bank": ids[0]})
         return HttpResponseRedirect(url)
+
+    @admin.action(description="Eject for maintenance (ask the cabinet)", permissions=["change"])
+    def eject_for_maintenance_action(self, request, queryset):
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True)[: MAX_CABINETS_PER_ACTION + 1])
+        if len(ids) > MAX_CABINETS_PER_ACTION:
+            self.message_user(
+                request, f"Select at most {MAX_CABINETS_PER_ACTION} banks: each may take 15 s.", messages.WARNING
+            )
+            return
+        for bank_id in ids:
+            try:
+                done = eject_for_maintenance(bank_id)
+            except Conflict as exc:
+                self.message_user(request, exc.message, messages.WARNING)
+                continue
+            tone = {"EJECTED": messages.SUCCESS, "REFUSED": messages.ERROR}.get(done.ejection.outcome, messages.WARNING)
+            self.message_user(request, done.summary, tone)
 
 
 # --- Status history --------------------------------------------------------------------------

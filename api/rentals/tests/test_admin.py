@@ -109,13 +109,13 @@ class StartRentalTests(RentalAdminTestCase):
         self.assertContains(response, "errornote")
         self.assertEqual(
             response.context["form"].errors["power_bank"],
-            ["This power bank cannot be rented now: it is not AVAILABLE in a slot."],
+            ["This power bank cannot be rented now: it is not AVAILABLE in a slot, or a rental is ejecting it."],
         )
         self.assertEqual(Rental.objects.count(), 1)
 
     def test_a_conflict_from_the_service_is_shown_as_a_form_error(self):
-        # The bank still looks rentable, but someone else's rental already holds it:
-        # the service's check is the one that catches it.
+        # The bank still looks rentable, but someone else's rental took it after the form
+        # was checked: the service's check is the one that catches it.
         Rental.objects.create(
             rental_code="RACE0001",
             user=self.superuser,
@@ -125,13 +125,32 @@ class StartRentalTests(RentalAdminTestCase):
             due_at=timezone.now() + timedelta(hours=1),
         )
 
-        response = self.start()
+        with mock.patch("api.rentals.admin.not_taken", lambda queryset: queryset):
+            response = self.start()
 
         self.assertEqual(response.status_code, 200)
         self.assertContains(response, f"Power bank {self.bank_serial} is already rented.")
         self.assertEqual(Rental.objects.count(), 1)
         self.bank.refresh_from_db()
         self.assertEqual(self.bank.status, PowerBankStatus.AVAILABLE)
+
+    def test_a_bank_whose_ejection_is_under_way_cannot_be_chosen(self):
+        Rental.objects.create(
+            rental_code="EJECT001",
+            user=self.superuser,
+            power_bank=self.bank,
+            package=self.package,
+            status=RentalStatus.PENDING_POPUP,
+            due_at=timezone.now() + timedelta(hours=1),
+        )
+
+        response = self.start()
+
+        self.assertEqual(
+            response.context["form"].errors["power_bank"],
+            ["This power bank cannot be rented now: it is not AVAILABLE in a slot, or a rental is ejecting it."],
+        )
+        self.assertEqual(Rental.objects.count(), 1)
 
     def test_any_conflict_is_reported_without_a_crash(self):
         with mock.patch(

@@ -2,20 +2,23 @@
 A full sync: the station's whole truth in one message (docs/design.md, rules 4, 5, 8, 9).
 
 Every write a full sync makes is in this module: the station, its slots, the banks (moved
-here, detached, placed), the rentals closed as lost returns (through `RentalService`,
+here, detached, placed, handed to a customer whose ejection it confirms), the rentals
+closed as lost returns and the pending ejections it settles (both through `RentalService`,
 which owns rental rows) and the status history. The number of queries does not depend on
 the slot count. Every writer takes its locks in one order: its station, then rentals,
 then power banks, then slots. Messages for stations that trade banks (and operators
 starting rentals) therefore never wait on each other in a cycle. The queries:
 
     1. SELECT the station FOR UPDATE, and whether a bank reported in a slot has an open
-       rental (plus a SELECT, an INSERT and a second SELECT if the station is new)
-    2. SELECT the open rentals of the banks reported in slots, FOR UPDATE  (only if any)
+       rental or an ejection is pending at the station (plus a SELECT, an INSERT and a
+       second SELECT if the station is new)
+    2. SELECT those rentals FOR UPDATE, and load them                     (only if any)
     3. SELECT the banks reported here or linked to this station, FOR UPDATE, with the
        station and number of the slot each is in
     4. UPDATE banks: take every moving bank out of its slot  (only if a bank moves or leaves)
     5. UPDATE slots left empty by those banks to AVAILABLE   (only if there are any)
     6. UPDATE the rentals closed as lost returns            (only if there are any)
+       UPDATE the pending ejections settled                 (only if there are any)
     7. INSERT .. ON CONFLICT DO UPDATE every reported slot, then every reported bank into
        its slot, and UPDATE the station: one statement on PostgreSQL (`_write_snapshot`),
        three elsewhere
@@ -38,8 +41,8 @@ from django.db import connection
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
-from api.rentals.models import Rental
-from api.rentals.services.rental_service import RentalService, open_rentals_clause
+from api.rentals.models import OPEN_RENTAL_STATUSES, Rental, RentalStatus
+from api.rentals.services.rental_service import RentalService, Settlement, open_rentals_clause
 from api.stations.models import (
     PowerBank,
     PowerBankStatus,
@@ -86,6 +89,7 @@ class FullSyncResult:
     powerbanks_updated: int = 0
     offline_returns: list[Rental] = field(default_factory=list)
     detached: list[str] = field(default_factory=list)
+    ejections: Settlement = field(default_factory=Settlement)
     processed_at: datetime | None = None
 
     @property
@@ -179,8 +183,9 @@ def _station_fields(station: Station, message: FullSyncMessage, *, now: datetime
 def _lock_station(message: FullSyncMessage, *, placed: list[str]) -> tuple[Station, bool]:
     """
     The station, row-locked (registered first if unknown), and whether any of the banks it
-    reports in slots has an open rental: one statement answers both, since usually none
-    has. The caller locks and reads the rentals themselves only when the second is true.
+    reports in slots has taken by a rental, or an ejection is pending at the station: one
+    statement answers both, since usually neither. The caller locks and reads the rentals
+    themselves only when the second is true.
 
     The rental check is read from the statement's snapshot, which may predate a rental
     opened while this statement waited for the station's lock. Such a rental is seconds
@@ -188,7 +193,7 @@ def _lock_station(message: FullSyncMessage, *, placed: list[str]) -> tuple[Stati
     station registered just now the answer is always true.
     """
     device = message.device
-    open_rentals, params = open_rentals_clause(placed)
+    open_rentals, params = open_rentals_clause(placed, pending_at=f"{STATION_COLUMNS.table}.id")
     rows = sql.fetch(
         f"SELECT {STATION_COLUMNS.sql}, EXISTS (SELECT 1 {open_rentals}) "
         f"FROM {STATION_COLUMNS.table} WHERE serial_number = %s{sql.for_update(Station._meta.db_table)}",
@@ -253,18 +258,50 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
         )
         return FullSyncResult(station=station, applied=False, processed_at=now)
 
-    # 2. Lost returns: a bank back in a slot while its rental is open (rule 8).
+    # 2. Lost returns: a bank back in a slot while its rental is open (rule 8); and the
+    # ejections pending at this station, which this snapshot may settle.
     grace = timedelta(seconds=settings.IOT_RETURN_GRACE_SECONDS)
-    open_rentals = RentalService.open_rentals_for(serials=placed) if placed and maybe_open_rentals else []
-    # A rental taken out moments ago: the cabinet may not have noticed yet.
-    closing = [rental for rental in open_rentals if message.sent_at - rental.started_at >= grace]
+    rentals = RentalService.open_rentals_for(serials=placed, pending_at=station) if maybe_open_rentals else []
+    placed_here = set(placed)
+    # A rental taken out moments ago: the cabinet may not have noticed yet. A rental whose
+    # ejection is unconfirmed is never a lost return: the bank may never have left.
+    closing = [
+        rental
+        for rental in rentals
+        if rental.status in OPEN_RENTAL_STATUSES
+        and rental.power_bank.serial_number in placed_here
+        and message.sent_at - rental.started_at >= grace
+    ]
+    pending = [
+        rental for rental in rentals if rental.status == RentalStatus.PENDING_POPUP and rental.station_id == station.pk
+    ]
 
-    # 3. Where every bank of interest is now, locked in a fixed order.
+    # 3. Where every bank of interest is now, locked in a fixed order (the banks of this
+    # station's pending ejections too, wherever they are).
+    lock_serials = list(banks) + [
+        rental.power_bank.serial_number for rental in pending if rental.power_bank.serial_number not in banks
+    ]
     known = {
-        row.serial_number: row for row in map(_KnownBank._make, _lock_banks(station, serials=list(banks)))
+        row.serial_number: row for row in map(_KnownBank._make, _lock_banks(station, serials=lock_serials))
     }
 
-    # 4. Take every bank that moves or leaves out of its slot first.
+    # Pending ejections this snapshot settles: a bank not in any of its slots left with the
+    # customer; one still in a slot past the grace never left (RentalService decides).
+    ejections = Settlement()
+    if pending:
+        ejections = RentalService.settle_from_report(
+            pending,
+            bank_slots={serial: state.slot_number for serial, state in banks.items() if state.slot_number is not None},
+            reported_at=message.sent_at,
+            source=f"the full sync of station {station.serial_number}",
+            now=now,
+        )
+    handed_out = {rental.power_bank.serial_number for rental in ejections.activated}
+    for serial in handed_out & banks.keys():
+        banks[serial].status = PowerBankStatus.RENTED
+
+    # 4. Take every bank that moves or leaves out of its slot first. A bank whose ejection
+    # this snapshot confirmed is with its customer: RENTED, at no station.
     detached = sorted(serial for serial, bank in known.items() if serial not in banks and bank.here)
     moving = [
         bank
@@ -272,20 +309,35 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
         if bank.current_slot_id is not None
         and (serial not in banks or not bank.in_slot(banks[serial].slot_number))
     ]
-    leaving_ids = {bank.id for bank in moving} | {known[serial].id for serial in detached}
+    rented_out = [known[serial] for serial in handed_out - banks.keys() if serial in known]
+    leaving_ids = {bank.id for bank in moving} | {known[serial].id for serial in detached} | {
+        bank.id for bank in rented_out
+    }
     if leaving_ids:
+        away = [*detached, *(bank.serial_number for bank in rented_out)]
+        fields = {}
+        if rented_out:
+            fields["status"] = Case(
+                When(pk__in=[bank.id for bank in rented_out], then=Value(PowerBankStatus.RENTED)),
+                default="status",
+            )
         PowerBank.objects.filter(pk__in=leaving_ids).update(
             current_slot=None,
             current_station=Case(
-                When(serial_number__in=detached, then=Value(None)),
+                When(serial_number__in=away, then=Value(None)),
                 default="current_station",
             ),
             updated_at=now,
+            **fields,
         )
 
     # 5. Slots those banks left, here or at another station. This station's reported slots
     # are written by the snapshot below anyway, with the snapshot's status.
-    vacated = {bank.current_slot_id for bank in moving if not (bank.slot_here and bank.slot_number in slots)}
+    vacated = {
+        bank.current_slot_id
+        for bank in [*moving, *rented_out]
+        if bank.current_slot_id is not None and not (bank.slot_here and bank.slot_number in slots)
+    }
     if vacated:
         StationSlot.objects.filter(pk__in=vacated, status=SlotStatus.OCCUPIED).update(
             status=SlotStatus.AVAILABLE, battery_level=0, updated_at=now
@@ -341,6 +393,7 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
         powerbanks_updated=len(banks),
         offline_returns=closing,
         detached=detached,
+        ejections=ejections,
         processed_at=now,
     )
 

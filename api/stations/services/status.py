@@ -1,14 +1,14 @@
 """Station liveness: status messages and the heartbeat timeout (docs/design.md, rule 9)."""
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from api.rentals.services.rental_service import RentalService
+from api.rentals.services.rental_service import RentalService, StationCheck
 from api.stations.models import Station, StationStatus, StatusTrigger
 from api.stations.services.schemas import StatusMessage
 from api.stations.services.stations import advance_heartbeat, is_stale, lock_station, status_change
@@ -63,6 +63,8 @@ def apply_status(message: StatusMessage, *, now: datetime | None = None) -> Stat
 class MonitorResult:
     stations_marked_offline: list[str]
     rentals_marked_overdue: int
+    # Stations asked for an inventory because an ejection there waited past the grace.
+    ejection_checks: list[StationCheck] = field(default_factory=list)
 
 
 def mark_silent_stations_offline(*, now: datetime | None = None) -> list[str]:
@@ -98,11 +100,19 @@ def mark_silent_stations_offline(*, now: datetime | None = None) -> list[str]:
 
 
 def monitor(*, now: datetime | None = None) -> MonitorResult:
-    """The periodic liveness pass: silent stations go OFFLINE, late rentals OVERDUE."""
+    """
+    The periodic liveness pass: silent stations go OFFLINE, late rentals OVERDUE, and the
+    cabinets of ejections pending past IOT_POPUP_GRACE_SECONDS are asked for an inventory
+    that settles them (never for the ejection again).
+    """
     now = now or timezone.now()
+    offline = mark_silent_stations_offline(now=now)
+    # Settled first: a rental its inventory makes ACTIVE from the request may be overdue already.
+    checks = RentalService.settle_stale_ejections(now=now)
     return MonitorResult(
-        stations_marked_offline=mark_silent_stations_offline(now=now),
+        stations_marked_offline=offline,
         rentals_marked_overdue=RentalService.mark_overdue(now=now),
+        ejection_checks=checks,
     )
 
 

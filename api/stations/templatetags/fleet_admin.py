@@ -46,6 +46,7 @@ def fleet_dashboard(context):
     return {
         "summary": fleet_summary(),
         "offline_after_minutes": settings.IOT_OFFLINE_AFTER_MINUTES,
+        "popup_grace_seconds": settings.IOT_POPUP_GRACE_SECONDS,
         "can_view_banks": user.has_perm("stations.view_powerbank"),
         "can_view_rentals": user.has_perm("rentals.view_rental"),
         "can_view_events": user.has_perm("stations.view_iotevent"),

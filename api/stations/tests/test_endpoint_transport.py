@@ -83,9 +83,10 @@ class EndpointTestCase(TestCase):
             serial_number=EXISTING_SERIAL, imei=EXISTING_SERIAL, station_name="Thamel"
         )
         slot_1 = StationSlot.objects.create(station=station, slot_number=1, status="OCCUPIED")
-        StationSlot.objects.create(station=station, slot_number=2)
+        slot_2 = StationSlot.objects.create(station=station, slot_number=2, status="OCCUPIED")
         PowerBank.objects.create(serial_number=bank_serial(), current_station=station, current_slot=slot_1)
-        rented = PowerBank.objects.create(serial_number=bank_serial())
+        # Rented from slot 2: a rental ejects its bank from a cabinet (the test settings' cabinet ejects at once).
+        rented = PowerBank.objects.create(serial_number=bank_serial(), current_station=station, current_slot=slot_2)
         package = RentalPackage.objects.create(
             name="1 hour", duration_minutes=60, price="100.00", payment_model=PaymentModel.PREPAID
         )

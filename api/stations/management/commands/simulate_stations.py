@@ -5,25 +5,41 @@ formats, signatures and retry rules.
     manage.py simulate_stations --url http://127.0.0.1:8000 --stations 20 --slots 8 \
         --interval 5 --duration 60 --seed 1 --email ... --password ... --secret ...
 
-The fleet model is iot_tools/simulator.py; the sender is iot_tools/client.py.
+The fleet model is iot_tools/simulator.py; the sender is iot_tools/client.py. With
+`--api-port` the command also plays the IoT system's own HTTP API for these cabinets (login,
+popup_sn, check, check_all), so the server's rentals eject banks the fleet's next full sync
+no longer reports; point the server's IOT_SYSTEM_API_URL at it (scripts/run does).
 """
 
 import ipaddress
 import logging
 import time
 import urllib.parse
+from collections import Counter
 from itertools import cycle
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
+from api.iot_system.client import IoTSystemClient
 from api.rentals.models import RentalPackage
 from api.rentals.services.rental_service import RentalService
 from api.stations.management.commands.iot_send import configured_secret
 from api.stations.models import PowerBank
 from iot_tools.client import add_sender_arguments, sender_from_options
-from iot_tools.simulator import DEFAULT_PREFIX, MAX_SLOTS, MIN_SLOTS, Fleet, FleetConfig, FleetRunner, Take
+from iot_tools.simulator import (
+    DEFAULT_PREFIX,
+    MAX_SLOTS,
+    MIN_SLOTS,
+    ApiBehaviour,
+    Fleet,
+    FleetConfig,
+    FleetRunner,
+    IoTApiServer,
+    Take,
+)
 from main_app.exceptions import ApiError
 
 logger = logging.getLogger(__name__)
@@ -46,12 +62,14 @@ class RentalStarter:
 
     This writes to the database this command is configured with: it only makes sense
     when that is the server's database (same DATABASE_URL). Customers are the active
-    non-staff users, taken in turn; the package is the first active one.
+    non-staff users, taken in turn; the package is the first active one. The ejection goes
+    to `cabinet` (default: the IoT system the settings name).
     """
 
-    def __init__(self, package: RentalPackage, customers: list):
+    def __init__(self, package: RentalPackage, customers: list, cabinet=None):
         self.package = package
         self._customers = cycle(customers)
+        self.cabinet = cabinet
 
     @classmethod
     def from_database(cls) -> "RentalStarter | str":
@@ -73,11 +91,13 @@ class RentalStarter:
                 # The full sync that registers the bank failed, or the server uses another database.
                 return "skipped: bank not in this database"
             try:
-                RentalService.start_rental(user=next(self._customers), power_bank=bank, package=self.package)
+                rental = RentalService.start_rental(
+                    user=next(self._customers), power_bank=bank, package=self.package, cabinet=self.cabinet
+                )
             except ApiError as exc:
                 logger.info("No rental for %s: %s", take.bank_serial, exc.message)
                 return f"skipped: {exc.code}"
-            return "started"
+            return "started" if rental.status in ("ACTIVE", "OVERDUE") else f"ejection {rental.ejection_outcome or rental.status}"
         finally:
             # Runs on a pool thread: give its connection back rather than leave it open.
             connection.close()
@@ -125,6 +145,24 @@ class Command(BaseCommand):
             "--with-rentals", action="store_true",
             help="start a rental (RentalService.start_rental) for every bank taken; needs this command to use the server's database",
         )
+        api = parser.add_argument_group(
+            "the IoT system's API (the other direction: ejections and inventories for these cabinets)"
+        )
+        api.add_argument(
+            "--api-port", type=int, default=None,
+            help="serve it on 127.0.0.1:PORT (0: any free port); logins are IOT_SYSTEM_API_USERNAME/PASSWORD",
+        )
+        api.add_argument("--api-delay", type=float, default=0.5, help="seconds a cabinet takes to eject (default 0.5)")
+        api.add_argument("--api-refusal-rate", type=float, default=0.05, help="share of ejections refused (default 0.05)")
+        api.add_argument(
+            "--api-timeout-rate", type=float, default=0.05,
+            help="share of ejections answered 408 after --api-wait (default 0.05)",
+        )
+        api.add_argument(
+            "--api-late-eject-rate", type=float, default=0.5,
+            help="of the timed-out ejections, the share whose bank comes out anyway (default 0.5)",
+        )
+        api.add_argument("--api-wait", type=float, default=15.0, help="seconds a timed-out ejection waits (default 15)")
         run = parser.add_argument_group("run")
         run.add_argument("--workers", type=int, default=None, help="sending threads (default min(stations, 16))")
         run.add_argument("--summary-every", type=float, default=5.0, help="seconds between live summary lines (default 5)")
@@ -165,7 +203,27 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
 
+        api_server = None
+        behaviour = None
+        if options["api_port"] is not None:
+            behaviour = ApiBehaviour(
+                delay=options["api_delay"],
+                refusal_rate=options["api_refusal_rate"],
+                timeout_rate=options["api_timeout_rate"],
+                late_eject_rate=options["api_late_eject_rate"],
+                wait=options["api_wait"],
+            )
+            try:
+                behaviour.validate()
+            except ValueError as exc:
+                raise CommandError(f"--api-{str(exc).replace('_', '-')}") from None
+            if not (settings.IOT_SYSTEM_API_USERNAME and settings.IOT_SYSTEM_API_PASSWORD):
+                raise CommandError(
+                    "--api-port needs IOT_SYSTEM_API_USERNAME and IOT_SYSTEM_API_PASSWORD: the logins it accepts."
+                )
+
         on_take = None
+        cabinet = None
         if options["with_rentals"]:
             starter = RentalStarter.from_database()
             if isinstance(starter, str):
@@ -178,7 +236,38 @@ class Command(BaseCommand):
                 )
         workers = options["workers"] or min(config.stations, 16)
 
-        fleet = Fleet(config, start=time.time(), wait_for_takes=True)
+        # With our own API the customers' takes go through it: a take is a rental start, and
+        # the bank leaves only if the API ejects it.
+        fleet = Fleet(
+            config, start=time.time(), wait_for_takes=True, takes_by_request=on_take is not None and behaviour is not None
+        )
+        if behaviour is not None:
+            try:
+                api_server = IoTApiServer(
+                    fleet,
+                    username=settings.IOT_SYSTEM_API_USERNAME,
+                    password=settings.IOT_SYSTEM_API_PASSWORD,
+                    port=options["api_port"],
+                    behaviour=behaviour,
+                    seed=config.seed,
+                ).start()
+            except OSError as exc:
+                raise CommandError(f"--api-port {options['api_port']}: {exc.strerror or exc}") from None
+            self.stdout.write(
+                f"IoT system API for these cabinets at {api_server.url} (ejections take ~{behaviour.delay:g} s; "
+                f"{behaviour.refusal_rate:.0%} refused, {behaviour.timeout_rate:.0%} time out after {behaviour.wait:g} s)."
+            )
+            if on_take is not None:
+                cabinet = IoTSystemClient(
+                    api_server.url,
+                    settings.IOT_SYSTEM_API_USERNAME,
+                    settings.IOT_SYSTEM_API_PASSWORD,
+                    connect_timeout=settings.IOT_SYSTEM_API_CONNECT_TIMEOUT,
+                    timeout=settings.IOT_SYSTEM_API_TIMEOUT,
+                    popup_timeout=max(settings.IOT_SYSTEM_API_POPUP_TIMEOUT, behaviour.wait + 5),
+                    check_timeout=settings.IOT_SYSTEM_API_CHECK_TIMEOUT,
+                )
+                on_take.cabinet = cabinet
         self.stdout.write(
             f"Simulating {config.stations} station(s) x {config.slots} slots against {sender.base_url} "
             f"as {sender.email}: full sync every ~{config.interval:g} s, {workers} sending thread(s), "
@@ -209,6 +298,10 @@ class Command(BaseCommand):
         finally:
             if quiet:
                 rental_logger.setLevel(previous_level)
+            if api_server is not None:
+                api_server.stop()
+            if cabinet is not None:
+                cabinet.close()
 
         self.stdout.write("")
         self.stdout.write(
@@ -217,6 +310,13 @@ class Command(BaseCommand):
             f"{fleet.counts['flaps']} OFFLINE/ONLINE flap(s), {fleet.counts['slot errors']} slot error(s), "
             f"{fleet.counts['resends']} resend(s), {fleet.counts['held back']} full sync(s) held back."
         )
+        if api_server is not None:
+            outcomes = Counter(what for _, _, what in api_server.popups)
+            self.stdout.write(
+                f"IoT system API: {api_server.logins} login(s), {len(api_server.popups)} ejection request(s)"
+                + (f" ({', '.join(f'{what} {n}' for what, n in sorted(outcomes.items()))})" if outcomes else "")
+                + f", {len(api_server.checks)} inventory request(s)."
+            )
         self.stdout.write(stats.table())
         if stats.not_ok:
             self.stdout.write(self.style.WARNING(f"{stats.not_ok} message(s) did not end with HTTP 200."))
