@@ -283,8 +283,25 @@ def recreate_database(pg: str, name: str) -> None:
         connection.execute(f'CREATE DATABASE "{name}"')
 
 
+_METRICS_DIR: list[str] = []
+
+
+def metrics_dir() -> str:
+    """The multiprocess directory of our gunicorn, as in production (its hooks empty it)."""
+    if not _METRICS_DIR:
+        import atexit
+        import shutil
+        import tempfile
+
+        _METRICS_DIR.append(tempfile.mkdtemp(prefix="bench-metrics-"))
+        atexit.register(shutil.rmtree, _METRICS_DIR[0], True)
+    return _METRICS_DIR[0]
+
+
 def our_env(pg: str, database: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "IOT_", "DATABASE_"))}
+    # METRICS_ENABLED passes through from the environment: METRICS_ENABLED=false measures without.
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir())
     env.update(
         DATABASE_URL=f"{pg}/{database}",
         DJANGO_DEBUG="false",
@@ -577,6 +594,8 @@ def compare(args) -> None:
         f"traffic: {args.stations} stations x {args.slots} slots, {int(args.occupancy * 100)}% occupied, "
         f"{args.clients} keep-alive clients; gunicorn gthread {args.workers} workers x {args.threads} thread(s) each"
     )
+    print(f"ours: metrics {'off' if os.environ.get('METRICS_ENABLED', '').lower() == 'false' else 'on'} "
+          f"(METRICS_ENABLED), multiprocess directory {our_env(args.pg, 'bench_ours')['PROMETHEUS_MULTIPROC_DIR']}")
     seed = Target("seed", args.port + 1, prepare_seed(args.pg, "bench_seed"))
     ours = Target("ours", args.port + 2, prepare_ours(args.pg, "bench_ours"))
     seed_python = ensure_seed_venv()
