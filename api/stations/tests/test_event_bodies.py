@@ -200,3 +200,32 @@ class DropRepeatedBodiesMigrationTests(TestCase):
         self.assertEqual((json_repeat.payload, json_repeat.raw_body), (None, ""))
         self.assertEqual((text_repeat.payload, text_repeat.raw_body), (None, ""))
         self.assertEqual(IoTEvent.objects.filter(payload__isnull=True, duplicate_of__isnull=False).count(), 2)
+
+
+class PruneKeepsBodiesWithTheirRepeatsTests(TestCase):
+    """A repeat has no body of its own, so it must never outlive the row that has it."""
+
+    def event(self, digest: str, outcome: str, days_old: float, **fields) -> IoTEvent:
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        return IoTEvent.objects.create(
+            received_at=timezone.now() - timedelta(days=days_old),
+            body_sha256=digest * 64,
+            outcome=outcome,
+            **fields,
+        )
+
+    def test_no_repeat_is_left_without_its_first_delivery(self):
+        old = self.event("a", IoTEventOutcome.PROCESSED, 40, payload={"type": "status"})
+        recent_repeat = self.event("a", IoTEventOutcome.DUPLICATE, 1, duplicate_of=old)
+        failed = self.event("b", IoTEventOutcome.FAILED, 40, payload={"type": "full"})
+        failed_repeat = self.event("b", IoTEventOutcome.DUPLICATE, 39, duplicate_of=failed)
+
+        call_command("prune_iot_events", "--days", "30", stdout=StringIO())
+
+        remaining = set(IoTEvent.objects.values_list("pk", flat=True))
+        self.assertEqual(remaining, {failed.pk, failed_repeat.pk})
+        self.assertNotIn(recent_repeat.pk, remaining)
+        self.assertEqual(IoTEvent.objects.get(pk=failed_repeat.pk).duplicate_of.payload, {"type": "full"})
