@@ -2,7 +2,7 @@ from io import StringIO
 
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.test import TestCase
+from django.test import RequestFactory, TestCase
 
 from api.rentals.models import RentalPackage
 from api.users.services import authenticate_admin
@@ -15,7 +15,9 @@ class SeedDemoTests(TestCase):
         password = next(
             line.split(":", 1)[1].strip() for line in out.getvalue().splitlines() if "password:" in line
         )
-        self.assertEqual(authenticate_admin(email="admin@chargeghar.local", password=password).is_staff, True)
+        request = RequestFactory().post("/api/admin/login")
+        user = authenticate_admin(request, email="admin@chargeghar.local", password=password)
+        self.assertEqual(user.is_staff, True)
 
         again = StringIO()
         call_command("seed_demo", stdout=again)
@@ -25,4 +27,4 @@ class SeedDemoTests(TestCase):
         self.assertNotEqual(new_password, password)
         self.assertEqual(get_user_model().objects.filter(email="admin@chargeghar.local").count(), 1)
         self.assertEqual(RentalPackage.objects.count(), 3)
-        authenticate_admin(email="admin@chargeghar.local", password=new_password)
+        authenticate_admin(request, email="admin@chargeghar.local", password=new_password)
