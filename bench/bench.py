@@ -343,9 +343,13 @@ def ensure_seed_venv() -> Path:
 
 OUR_TOKEN_SCRIPT = """
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from rest_framework_simplejwt.tokens import RefreshToken
+from api.stations.views.internal_views import IOT_SYSTEM_GROUP
 User = get_user_model()
 user, _ = User.objects.get_or_create(username="bench", defaults={"email": "bench@chargeghar.local", "is_staff": True})
+# Station data takes an account with the push permission, as the IoT system's account has.
+user.groups.add(Group.objects.get(name=IOT_SYSTEM_GROUP))
 print(RefreshToken.for_user(user).access_token)
 """
 
