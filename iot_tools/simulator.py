@@ -829,7 +829,8 @@ class IoTApiServer:
         self._tokens: set[str] = set()
         self._stopping = threading.Event()
         self.logins = 0
-        self.popups: list[tuple[str, str, str]] = []  # (station, bank, what happened)
+        self.popup_requests = 0  # counted on arrival, before any waiting
+        self.popups: list[tuple[str, str, str]] = []  # (station, bank, what happened), once it has
         self.checks: list[tuple[str, str]] = []  # (path, station)
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
@@ -900,6 +901,8 @@ class IoTApiServer:
 
     def popup(self, station_serial: str, bank_serial: str) -> tuple[int, dict]:
         behaviour = self.behaviour
+        with self._lock:
+            self.popup_requests += 1
         if self.fleet.inventory(station_serial) is None:
             self._record(station_serial, bank_serial, "offline")
             return 408, _http_result(None, code=408, msg="Device is Offline")
@@ -962,8 +965,12 @@ class IoTApiServer:
                 if payload is not None:
                     self.send_header("Content-Type", "application/json;charset=UTF-8")
                 self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The client stopped waiting (its timeout): as a real server, nothing to do.
+                    self.close_connection = True
 
             def do_POST(self):  # noqa: N802 - http.server's name
                 length = int(self.headers.get("Content-Length") or 0)
