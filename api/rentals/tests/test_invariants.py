@@ -62,6 +62,10 @@ class RentalInvariantTests(DatabaseInvariantTestCase):
             (RentalStatus.ACTIVE, RentalStatus.OVERDUE),
             (RentalStatus.OVERDUE, RentalStatus.ACTIVE),
             (RentalStatus.OVERDUE, RentalStatus.OVERDUE),
+            # An ejection under way has taken the bank as well.
+            (RentalStatus.PENDING_POPUP, RentalStatus.PENDING_POPUP),
+            (RentalStatus.PENDING_POPUP, RentalStatus.ACTIVE),
+            (RentalStatus.ACTIVE, RentalStatus.PENDING_POPUP),
         ]:
             with self.subTest(first=first, second=second):
                 open_rental = self.make_rental(status=first)
