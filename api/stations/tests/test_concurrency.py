@@ -7,18 +7,21 @@ PostgreSQL; they skip elsewhere and CI runs them against PostgreSQL.
 
 import os
 import threading
+import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.db import close_old_connections, connection, connections, transaction
 from django.test import TransactionTestCase, override_settings
 
+from api.iot_system.client import EjectOutcome, EjectResult
+from api.iot_system.tests.cabinets import CabinetApiMixin, snapshot
 from api.rentals.models import Rental, RentalPackage, RentalStatus
 from api.rentals.services.rental_service import RentalService
-from api.rentals.signals import rental_completed
-from api.stations.models import IoTEvent, IoTEventOutcome, PowerBank, Station
+from api.rentals.signals import rental_cancelled, rental_completed
+from api.stations.models import IoTEvent, IoTEventOutcome, PowerBank, PowerBankStatus, Station
 from api.stations.services.station_sync_service import StationSyncService
 from api.stations.tests.factories import (
     SenderClient,
@@ -29,6 +32,8 @@ from api.stations.tests.factories import (
     return_payload,
 )
 from api.stations.tests.fleet import FleetInvariantsMixin
+from iot_tools.simulator import ApiBehaviour
+from main_app.exceptions import Conflict
 
 ON_POSTGRES = connection.vendor == "postgresql"
 SKIP_REASON = (
@@ -259,4 +264,182 @@ class LockOrderTests(FleetInvariantsMixin, TransactionTestCase):
         responses = run_concurrently([lambda p=p: SenderClient(staff).post(p) for p in payloads])
 
         self.assertEqual(sorted({r.status_code for r in responses}), [200])
+        self.assertFleetInvariants()
+
+
+class _NoAnswer:
+    """A cabinet that never answers in time (the outcome stays unknown)."""
+
+    def popup(self, station_serial, bank_serial):
+        return EjectResult(EjectOutcome.TIMEOUT, station_serial, bank_serial, "no answer within 0.1 s")
+
+
+@unittest.skipUnless(ON_POSTGRES, SKIP_REASON)
+@override_settings(IOT_RETURN_GRACE_SECONDS=120, IOT_POPUP_GRACE_SECONDS=120)
+class EjectionConcurrencyTests(CabinetApiMixin, FleetInvariantsMixin, TransactionTestCase):
+    """Ejections under way against the simulator's IoT API over HTTP, with real threads."""
+
+    def setUp(self):
+        close_old_connections()
+        self.package = RentalPackage.objects.create(name="h", duration_minutes=60, price=Decimal("50"))
+        self.customer = make_staff("customer@chargeghar.test", is_staff=False)
+
+    def cabinets(self, **behaviour):
+        self.fleet, self.api = self.start_cabinets(
+            slots=8, behaviour=ApiBehaviour(**{"delay": 0, "check_delay": 0, **behaviour}), popup_timeout=5.0
+        )
+        self.serial = self.fleet.stations[0].serial
+        StationSyncService().sync_station_data(snapshot(self.fleet, self.serial, time.time() - 3600))
+        return [slot.bank.serial for slot in self.fleet.stations[0].slots]
+
+    def rent(self, serial, **kwargs):
+        try:
+            return RentalService.start_rental(
+                user=self.customer, power_bank=PowerBank.objects.get(serial_number=serial), package=self.package, **kwargs
+            )
+        finally:
+            connections.close_all()
+
+    def test_an_ejection_in_flight_holds_no_lock(self):
+        banks = self.cabinets(delay=2.0)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            renting = pool.submit(self.rent, banks[0])
+            deadline = time.monotonic() + 5
+            while self.api.popup_requests == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.assertEqual(self.api.popup_requests, 1)
+            # While the cabinet is being asked: the station, the bank and its slot are free.
+            started = time.monotonic()
+            with transaction.atomic():
+                Station.objects.select_for_update(nowait=True).get(serial_number=self.serial)
+                PowerBank.objects.select_for_update(nowait=True).get(serial_number=banks[0])
+                Rental.objects.select_for_update(nowait=True).get()
+            StationSyncService().sync_station_data(snapshot(self.fleet, self.serial, time.time() - 1800))
+            self.assertLess(time.monotonic() - started, 1.5)
+            self.assertFalse(renting.done())
+            rental = renting.result(timeout=10)
+        self.assertEqual(rental.status, RentalStatus.ACTIVE)
+        self.assertFleetInvariants()
+
+    def test_two_starts_of_one_bank_make_one_rental_and_one_ejection(self):
+        banks = self.cabinets(delay=0.5)
+
+        def attempt():
+            try:
+                return self.rent(banks[0]).status
+            except Conflict as exc:
+                return exc.message
+
+        outcomes = run_concurrently([attempt, attempt, attempt])
+
+        self.assertEqual(sorted(outcomes, key=str)[0], RentalStatus.ACTIVE)
+        self.assertEqual(outcomes.count(RentalStatus.ACTIVE), 1)
+        self.assertEqual(Rental.objects.count(), 1)
+        self.assertEqual(self.api.popup_requests, 1)
+        self.assertFleetInvariants()
+
+    def test_starts_and_syncs_of_one_station_never_deadlock(self):
+        banks = self.cabinets(delay=0.1)
+        errors = []
+
+        def rent(serial):
+            def run():
+                try:
+                    self.rent(serial)
+                except Exception as exc:  # noqa: BLE001 - the test reports whatever escaped
+                    errors.append(exc)
+
+            return run
+
+        def sync(offset):
+            def run():
+                try:
+                    StationSyncService().sync_station_data(snapshot(self.fleet, self.serial, time.time() + offset))
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(exc)
+                finally:
+                    connections.close_all()
+
+            return run
+
+        run_concurrently([*(rent(serial) for serial in banks), *(sync(n) for n in range(1, 9))])
+
+        self.assertEqual(errors, [])
+        self.assertEqual(Rental.objects.filter(status=RentalStatus.ACTIVE).count(), 8)
+        self.assertEqual(self.api.popup_requests, 8)
+        self.assertFleetInvariants()
+
+    def test_an_answer_and_a_cabinet_report_settle_each_rental_once(self):
+        banks = self.cabinets()
+        requested = datetime.fromtimestamp(time.time() - 300, tz=UTC)
+        rentals = [self.rent(serial, started_at=requested, cabinet=_NoAnswer()) for serial in banks]
+        self.assertEqual({rental.status for rental in rentals}, {RentalStatus.PENDING_POPUP})
+        cancelled = []
+
+        def count(sender, rental, **kwargs):
+            cancelled.append(rental.pk)
+
+        rental_cancelled.connect(count)
+        self.addCleanup(rental_cancelled.disconnect, count)
+        # The cabinet kept every bank: its report cancels each rental, and so does each late refusal.
+        report = snapshot(self.fleet, self.serial, time.time())
+
+        def refuse(rental):
+            def run():
+                try:
+                    RentalService.settle_ejection(
+                        rental, EjectResult(EjectOutcome.REFUSED, self.serial, rental.power_bank.serial_number, "no")
+                    )
+                finally:
+                    connections.close_all()
+
+            return run
+
+        def report_sync():
+            try:
+                StationSyncService().sync_station_data(report)
+            finally:
+                connections.close_all()
+
+        run_concurrently([*(refuse(rental) for rental in rentals), report_sync])
+
+        self.assertEqual(Rental.objects.filter(status=RentalStatus.CANCELLED).count(), 8)
+        self.assertEqual(sorted(cancelled), sorted(rental.pk for rental in rentals), "each cancelled exactly once")
+        self.assertFleetInvariants()
+
+    def test_a_confirmation_and_a_report_without_the_banks_activate_each_rental_once(self):
+        banks = self.cabinets()
+        requested = datetime.fromtimestamp(time.time() - 60, tz=UTC)
+        rentals = [self.rent(serial, started_at=requested, cabinet=_NoAnswer()) for serial in banks]
+        for serial in banks:
+            self.fleet.eject(self.serial, serial)
+        report = snapshot(self.fleet, self.serial, time.time())
+
+        def confirm(rental):
+            def run():
+                try:
+                    RentalService.settle_ejection(
+                        rental,
+                        EjectResult(EjectOutcome.EJECTED, self.serial, rental.power_bank.serial_number, "ejected", elapsed=1),
+                    )
+                finally:
+                    connections.close_all()
+
+            return run
+
+        def report_sync():
+            try:
+                StationSyncService().sync_station_data(report)
+            finally:
+                connections.close_all()
+
+        run_concurrently([*(confirm(rental) for rental in rentals), report_sync])
+
+        settled = Rental.objects.filter(status=RentalStatus.ACTIVE)
+        self.assertEqual(settled.count(), 8)
+        for rental in settled:
+            # From the request (the report won) or a second after it (the answer won), never both.
+            self.assertIn(rental.started_at - requested, (timedelta(0), timedelta(seconds=1)))
+            self.assertEqual(rental.due_at - rental.started_at, timedelta(minutes=60))
+        self.assertEqual(PowerBank.objects.filter(status=PowerBankStatus.RENTED, current_slot__isnull=True).count(), 8)
         self.assertFleetInvariants()
