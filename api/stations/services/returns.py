@@ -178,7 +178,7 @@ def apply_return(message: ReturnMessage, *, now: datetime | None = None) -> Retu
 
 def _predates(rental: Rental, returned_at: datetime) -> bool:
     """
-    Went the bank back before this rental began? Within the tolerance it is clock drift
+    Did the bank go back before this rental began? Within the tolerance it is clock drift
     between the cabinet and our server (the rental's start is our clock), and the rental
     is closed at its start as before.
     """
