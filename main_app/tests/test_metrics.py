@@ -352,11 +352,13 @@ class FleetGaugeTests(MetricsTestCase):
         package = RentalPackage.objects.create(
             name="1 hour", duration_minutes=60, price="100.00", payment_model=PaymentModel.PREPAID
         )
+        # Every PENDING status the model has (PENDING, and PENDING_POPUP where it exists).
+        self.pending = [status for status in RentalStatus.values if status.startswith("PENDING")]
         for status, due in (
             (RentalStatus.ACTIVE, now + timedelta(minutes=30)),
             (RentalStatus.ACTIVE, now - timedelta(minutes=5)),  # past due, not marked yet
             (RentalStatus.OVERDUE, now - timedelta(minutes=50)),
-            (RentalStatus.PENDING, now + timedelta(hours=1)),
+            *[(status, now + timedelta(hours=1)) for status in self.pending],
             (RentalStatus.COMPLETED, now - timedelta(hours=1)),
         ):
             Rental.objects.create(
@@ -378,7 +380,7 @@ class FleetGaugeTests(MetricsTestCase):
         self.assertEqual(scrape.value("chargeghar_fleet_power_banks_ready"), 2)
         self.assertEqual(scrape.value("chargeghar_fleet_rentals", status="open"), 3)
         self.assertEqual(scrape.value("chargeghar_fleet_rentals", status="overdue"), 2)
-        self.assertEqual(scrape.value("chargeghar_fleet_rentals", status="pending"), 1)
+        self.assertEqual(scrape.value("chargeghar_fleet_rentals", status="pending"), len(self.pending))
         self.assertEqual(scrape.value("chargeghar_iot_event_log_rows"), IoTEvent.objects.count())
 
     def test_one_query_per_figure(self):
