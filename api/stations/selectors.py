@@ -209,16 +209,25 @@ def rentable_power_bank_count() -> int:
     return PowerBank.objects.filter(rentable_power_banks_q()).count()
 
 
+# The planner's estimate, kept by (auto)vacuum and ANALYZE; -1 until the table is first
+# analyzed, when the statistics system's count of live rows stands in.
+_EVENT_LOG_ESTIMATE_SQL = (
+    "SELECT c.reltuples, s.n_live_tup FROM pg_class c "
+    "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%s)"
+)
+
+
 def event_log_row_estimate() -> int:
     """
-    The event log's size without counting it: on PostgreSQL the planner's estimate (kept by
-    autovacuum's ANALYZE), since a count would read the whole table; elsewhere a count.
+    The event log's size without counting it on PostgreSQL, where a count would read the
+    whole table (one row per message): the statistics' estimate. Elsewhere a count.
     """
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", [IoTEvent._meta.db_table])
+            cursor.execute(_EVENT_LOG_ESTIMATE_SQL, [IoTEvent._meta.db_table])
             row = cursor.fetchone()
-        # -1: never analyzed yet, which a table that has grown has been.
-        if row is not None and row[0] >= 0:
-            return int(row[0])
+        if row is None:
+            return 0
+        reltuples, live = row
+        return int(reltuples) if reltuples >= 0 else int(live or 0)
     return IoTEvent.objects.count()

@@ -381,7 +381,11 @@ class FleetGaugeTests(MetricsTestCase):
         self.assertEqual(scrape.value("chargeghar_fleet_rentals", status="open"), 3)
         self.assertEqual(scrape.value("chargeghar_fleet_rentals", status="overdue"), 2)
         self.assertEqual(scrape.value("chargeghar_fleet_rentals", status="pending"), len(self.pending))
-        self.assertEqual(scrape.value("chargeghar_iot_event_log_rows"), IoTEvent.objects.count())
+        if connection.vendor == "postgresql":
+            # The statistics' estimate, which does not see this test's uncommitted rows.
+            self.assertIn(("chargeghar_iot_event_log_rows", ()), scrape)
+        else:
+            self.assertEqual(scrape.value("chargeghar_iot_event_log_rows"), IoTEvent.objects.count())
 
     def test_one_query_per_figure(self):
         if connection.vendor == "postgresql":
