@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
+from django.test import override_settings
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
@@ -134,6 +135,16 @@ def iot_system_group():
 
 def bearer_for(user) -> str:
     return f"Bearer {RefreshToken.for_user(user).access_token}"
+
+
+# Signature verification on, with the test secret and no address rules: as in production.
+SIGNED = override_settings(
+    IOT_SIGNATURE_VERIFICATION=True,
+    IOT_SYSTEM_SIGNATURE_SECRET=TEST_SECRET,
+    IOT_SYSTEM_SIGNATURE_PREVIOUS_SECRETS=[],
+    IOT_SYSTEM_ALLOWED_IPS=[],
+    IOT_TRUSTED_PROXIES=[],
+)
 
 
 class SenderClient:

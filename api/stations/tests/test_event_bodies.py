@@ -12,27 +12,19 @@ from unittest import mock
 
 from django.core.management import call_command
 from django.db import connection
-from django.test import TestCase, override_settings
+from django.test import TestCase
 from django.urls import reverse
 
 from api.stations.ingest import delivery
 from api.stations.models import IoTEvent, IoTEventOutcome, Station
 from api.stations.tests.factories import (
-    TEST_SECRET,
+    SIGNED,
     SenderClient,
     compact,
     full_payload,
     make_staff,
     now_ts,
     status_payload,
-)
-
-SIGNED = override_settings(
-    IOT_SIGNATURE_VERIFICATION=True,
-    IOT_SYSTEM_SIGNATURE_SECRET=TEST_SECRET,
-    IOT_SYSTEM_SIGNATURE_PREVIOUS_SECRETS=[],
-    IOT_SYSTEM_ALLOWED_IPS=[],
-    IOT_TRUSTED_PROXIES=[],
 )
 
 

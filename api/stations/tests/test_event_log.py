@@ -16,7 +16,7 @@ from unittest import mock, skipUnless
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import OperationalError, connection
-from django.test import TestCase, TransactionTestCase, override_settings
+from django.test import TestCase, TransactionTestCase
 from django.utils import timezone
 
 from api.rentals.models import PaymentModel, Rental, RentalPackage, RentalStatus
@@ -34,8 +34,8 @@ from api.stations.models import (
 )
 from api.stations.services.station_sync_service import StationSyncService
 from api.stations.tests.factories import (
+    SIGNED,
     STATION_SERIAL,
-    TEST_SECRET,
     SenderClient,
     compact,
     full_payload,
@@ -48,13 +48,6 @@ from api.stations.tests.factories import (
 OTHER_SERIAL = "864601069940000"
 BANK = "40818052"
 
-SIGNED = override_settings(
-    IOT_SIGNATURE_VERIFICATION=True,
-    IOT_SYSTEM_SIGNATURE_SECRET=TEST_SECRET,
-    IOT_SYSTEM_SIGNATURE_PREVIOUS_SECRETS=[],
-    IOT_SYSTEM_ALLOWED_IPS=[],
-    IOT_TRUSTED_PROXIES=[],
-)
 DB_DOWN = "could not connect to server: Connection refused"
 
 
