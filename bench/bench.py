@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
 """
-Side-by-side benchmark of the station data endpoint: this project against the seed baseline.
+Side-by-side benchmark of the station data endpoint: this project against the seed baseline,
+the same project with its metrics switched off, and the bare limit for the job.
 
-Both run under gunicorn with the same worker settings on the same PostgreSQL server (one
+All run under gunicorn with the same worker settings on the same PostgreSQL server (one
 database each), receive the same signed full-sync traffic (real formats, concurrent
-keep-alive clients) in alternating A/B rounds, and are reported side by side:
+keep-alive clients) in rounds taken in turn, and are reported side by side: throughput,
+server CPU per full sync (gunicorn plus PostgreSQL, the load generator excluded), latency,
+and latency at one fixed offered rate (a multiple of the seed's measured rate):
 
-    .venv/bin/python bench/bench.py compare            # throughput, latency, queries, memory
+    .venv/bin/python bench/bench.py --seed-dir S --limit-dir L compare   # all four sides
     .venv/bin/python bench/bench.py scale              # empty database vs 10,000 stations
     .venv/bin/python bench/bench.py soak --minutes 3   # mixed traffic, then invariants
     .venv/bin/python bench/bench.py fixed --rate 170   # ours alone at a fixed rate (--set NAME=VALUE)
 
 `compare` needs the seed baseline, the earlier implementation that is kept outside this
 repository: name its checkout with --seed-dir (or BENCH_SEED_DIR). It runs there with its
-own virtualenv (created in /tmp/seedenv when missing, as its README describes). Requests go
-only to 127.0.0.1. Everything is bounded by --round-seconds / --minutes.
+own virtualenv (created in /tmp/seedenv when missing, as its README describes). The bare
+limit (a WSGI app doing only HMAC, JWT and one SQL statement per full sync) is kept outside
+too: name its folder with --limit-dir (or BENCH_LIMIT_DIR); without it, compare has three
+sides. Requests go only to 127.0.0.1. Everything is bounded by --round-seconds / --minutes.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from iot_tools import wire  # noqa: E402
 
 # Set from --seed-dir: the seed baseline's checkout, outside this repository.
 SEED_DIR: Path | None = None
+# Set from --limit-dir: the bare limit app (compare's third side), outside this repository too.
+LIMIT_DIR: Path | None = None
 SEED_VENV = Path(os.environ.get("SEED_VENV", "/tmp/seedenv"))
 OUR_PYTHON = Path(sys.executable)
 SECRET = "bench-signing-secret-" + "x" * 32
@@ -289,13 +296,19 @@ _METRICS_DIR: list[str] = []
 def metrics_dir() -> str:
     """The multiprocess directory of our gunicorn, as in production (its hooks empty it)."""
     if not _METRICS_DIR:
-        import atexit
-        import shutil
-        import tempfile
-
-        _METRICS_DIR.append(tempfile.mkdtemp(prefix="bench-metrics-"))
-        atexit.register(shutil.rmtree, _METRICS_DIR[0], True)
+        _METRICS_DIR.append(new_metrics_dir())
     return _METRICS_DIR[0]
+
+
+def new_metrics_dir() -> str:
+    """A multiprocess directory of its own, for a second server of ours (each master empties its own)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="bench-metrics-")
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def our_env(pg: str, database: str) -> dict:
@@ -583,12 +596,123 @@ def drive_fixed(target: Target, make_body, *, count: int, clients: int) -> None:
         raise SystemExit(f"{target.name}: warm-up failed: {failures[:3]}")
 
 
-def print_round(result: RoundResult) -> None:
+def print_round(result: RoundResult, cpu: ServerCpu | None = None) -> None:
+    spent = f"   CPU {cpu.per_request_ms(len(result.latencies)):5.2f} ms/sync" if cpu else ""
     print(
-        f"  {result.target:<6} {result.rate:8.1f} full syncs/s   p50 {result.pct(0.50):7.1f} ms   "
-        f"p99 {result.pct(0.99):7.1f} ms   errors {result.errors}   statuses {dict(sorted(result.statuses.items()))}",
+        f"  {result.target:<11} {result.rate:8.1f} full syncs/s   p50 {result.pct(0.50):7.1f} ms   "
+        f"p99 {result.pct(0.99):7.1f} ms   max {result.pct(1.0):7.1f} ms{spent}   errors {result.errors}   "
+        f"statuses {dict(sorted(result.statuses.items()))}",
         flush=True,
     )
+
+
+# ---------------------------------------------------------------------------- server CPU
+
+TICKS = os.sysconf("SC_CLK_TCK")
+# PostgreSQL's own processes, which work for whichever side is running (WAL, checkpoints).
+PG_BACKGROUND = ("checkpointer", "background writer", "walwriter", "autovacuum launcher", "logical replication launcher")
+
+
+def process_ticks() -> dict[int, tuple[str, int, int]]:
+    """pid -> (command line, process group, CPU ticks used so far: user + system, all threads)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        found[int(entry.name)] = (command, int(fields[2]), int(fields[11]) + int(fields[12]))
+    return found
+
+
+@dataclass
+class ServerCpu:
+    """
+    CPU a side's server used over a stretch of time: its gunicorn (master and workers: the
+    process group it was started in) and the PostgreSQL backends connected to its database,
+    plus PostgreSQL's background processes (WAL writer, checkpointer), which work for
+    whichever side is running: the sides take turns, so those are this side's too. The load
+    generator is not counted. As bench/cpu_split.py measures it, from /proc. Connections that
+    open and close inside the stretch are missed; every side keeps its connections open.
+    """
+
+    workers: int = 0
+    database: int = 0
+
+    @classmethod
+    def between(cls, target: Target, database: str, before: dict, after: dict) -> ServerCpu:
+        spent = cls()
+        for pid, (command, group, ticks) in after.items():
+            used = ticks - before.get(pid, (command, group, 0))[2]
+            if used <= 0:
+                continue
+            if target.process and group == target.process.pid:
+                spent.workers += used
+            elif command.startswith("postgres: ") and (
+                f" {database} " in command or command.split(": ")[-1].strip() in PG_BACKGROUND
+            ):
+                spent.database += used
+        return spent
+
+    def per_request_ms(self, requests: int, part: str = "total") -> float:
+        ticks = {"workers": self.workers, "database": self.database, "total": self.workers + self.database}[part]
+        return ticks / TICKS * 1000 / requests if requests else float("nan")
+
+    def __add__(self, other: ServerCpu) -> ServerCpu:
+        return ServerCpu(self.workers + other.workers, self.database + other.database)
+
+
+def measured(target: Target, database: str, load) -> tuple[RoundResult, ServerCpu]:
+    """Run `load()` (which drives `target`) and the server CPU it cost."""
+    before = process_ticks()
+    result = load()
+    after = process_ticks()
+    return result, ServerCpu.between(target, database, before, after)
+
+
+@dataclass
+class Side:
+    """One of the servers compared: its target, database, and how it is started."""
+
+    target: Target
+    database: str
+    command: list[str]
+    env: dict
+    cwd: Path
+    rounds: list[RoundResult] = field(default_factory=list)
+    cpu: ServerCpu = field(default_factory=ServerCpu)
+    fixed: RoundResult | None = None
+    fixed_cpu_ms: float = float("nan")
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    def total(self) -> RoundResult:
+        return RoundResult(
+            self.name,
+            sum(r.seconds for r in self.rounds),
+            [x for r in self.rounds for x in r.latencies],
+            sum(r.errors for r in self.rounds),
+        )
+
+
+def limit_side(args, port: int) -> Side:
+    """The bare limit, run from its own folder with our interpreter (it needs psycopg, PyJWT, gunicorn)."""
+    database = "bench_limit"
+    recreate_database(args.pg, database)
+    dsn = f"{args.pg}/{database}"
+    run([OUR_PYTHON, "limit_app.py", "--init", dsn], env=os.environ, cwd=LIMIT_DIR)
+    key = "bench-limit-jwt-" + "k" * 32
+    token = run([OUR_PYTHON, "limit_app.py", "--token", key], env=os.environ, cwd=LIMIT_DIR).strip().splitlines()[-1]
+    env = dict(os.environ, LIMIT_DSN=dsn, LIMIT_SECRET=SECRET, LIMIT_JWT_KEY=key)
+    command = gunicorn_command(OUR_PYTHON, port, args.workers, args.threads)
+    command[1] = "limit_app:app"
+    return Side(Target("limit", port, f"Bearer {token}"), database, command, env, LIMIT_DIR)
 
 
 def compare(args) -> None:
@@ -598,72 +722,117 @@ def compare(args) -> None:
         f"traffic: {args.stations} stations x {args.slots} slots, {int(args.occupancy * 100)}% occupied, "
         f"{args.clients} keep-alive clients; gunicorn gthread {args.workers} workers x {args.threads} thread(s) each"
     )
-    print(f"ours: metrics {'off' if os.environ.get('METRICS_ENABLED', '').lower() == 'false' else 'on'} "
-          f"(METRICS_ENABLED), multiprocess directory {our_env(args.pg, 'bench_ours')['PROMETHEUS_MULTIPROC_DIR']}")
-    seed = Target("seed", args.port + 1, prepare_seed(args.pg, "bench_seed"))
-    ours = Target("ours", args.port + 2, prepare_ours(args.pg, "bench_ours"))
     seed_python = ensure_seed_venv()
+    sides = [
+        Side(Target("seed", args.port + 1, prepare_seed(args.pg, "bench_seed")), "bench_seed",
+             gunicorn_command(seed_python, args.port + 1, args.workers, args.threads),
+             seed_env(args.pg, "bench_seed"), SEED_DIR),
+        Side(Target("ours", args.port + 2, prepare_ours(args.pg, "bench_ours")), "bench_ours",
+             gunicorn_command(OUR_PYTHON, args.port + 2, args.workers, args.threads),
+             dict(our_env(args.pg, "bench_ours"), METRICS_ENABLED="true"), ROOT),
+    ]
+    if not args.no_metrics_off:
+        # The same code on a database of its own, with its metrics switched off (issue: cheap).
+        sides.append(
+            Side(Target("metrics-off", args.port + 3, prepare_ours(args.pg, "bench_ours_off")), "bench_ours_off",
+                 gunicorn_command(OUR_PYTHON, args.port + 3, args.workers, args.threads),
+                 dict(our_env(args.pg, "bench_ours_off"), METRICS_ENABLED="false",
+                      PROMETHEUS_MULTIPROC_DIR=new_metrics_dir()), ROOT)
+        )
+    if LIMIT_DIR is not None:
+        sides.append(limit_side(args, args.port + 4))
+    print("sides: " + ", ".join(side.name for side in sides)
+          + f"; ours with metrics on, multiprocess directory {sides[1].env['PROMETHEUS_MULTIPROC_DIR']}")
     queries = {
-        "seed": count_queries(seed_python, SEED_DIR, seed_env(args.pg, "bench_seed"), seed.authorization),
-        "ours": count_queries(OUR_PYTHON, ROOT, our_env(args.pg, "bench_ours"), ours.authorization),
+        "seed": count_queries(seed_python, SEED_DIR, sides[0].env, sides[0].target.authorization),
+        "ours": count_queries(OUR_PYTHON, ROOT, sides[1].env, sides[1].target.authorization),
     }
+    by_name = {side.name: side for side in sides}
     try:
-        start(seed, gunicorn_command(seed_python, seed.port, args.workers, args.threads), env=seed_env(args.pg, "bench_seed"), cwd=SEED_DIR)
-        start(ours, gunicorn_command(OUR_PYTHON, ours.port, args.workers, args.threads), env=our_env(args.pg, "bench_ours"), cwd=ROOT)
-        for target, database in ((seed, "bench_seed"), (ours, "bench_ours")):
-            warm_up(target, args.stations, args.slots, args.occupancy)
-            analyze(args.pg, database)
-        autovacuum = Autovacuum(args.pg, ["bench_seed", "bench_ours"])
+        for side in sides:
+            start(side.target, side.command, env=side.env, cwd=side.cwd)
+        for side in sides:
+            warm_up(side.target, args.stations, args.slots, args.occupancy)
+            analyze(args.pg, side.database)
+        autovacuum = Autovacuum(args.pg, [side.database for side in sides])
         print(autovacuum.describe())
+        print("CPU: server CPU per full sync, gunicorn (master and workers) plus PostgreSQL (the side's backends "
+              "and the server's background processes), from /proc; the load generator excluded")
         with autovacuum:
-            results = {"seed": [], "ours": []}
             for round_number in range(1, args.rounds + 1):
-                order = (seed, ours) if round_number % 2 else (ours, seed)
+                # Each round starts with the next side, so no side always follows the same one.
+                shift = (round_number - 1) % len(sides)
+                order = sides[shift:] + sides[:shift]
                 print(f"round {round_number} ({args.round_seconds:.0f} s each, {order[0].name} first)")
-                for target in order:
+                for side in order:
                     body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(round_number))
-                    result = drive(target, body, clients=args.clients, seconds=args.round_seconds)
-                    results[target.name].append(result)
-                    print_round(result)
-            seed_rate = sum(len(r.latencies) for r in results["seed"]) / sum(r.seconds for r in results["seed"])
+                    result, cpu = measured(
+                        side.target, side.database,
+                        lambda: drive(side.target, body, clients=args.clients, seconds=args.round_seconds),  # noqa: B023
+                    )
+                    side.rounds.append(result)
+                    side.cpu = side.cpu + cpu
+                    print_round(result, cpu)
+            seed_rate = by_name["seed"].total().rate
             target_rate = args.target_multiple * seed_rate
-            print(f"fixed rate: ours at {args.target_multiple:g} x the seed's {seed_rate:.1f}/s = {target_rate:.1f}/s "
-                  f"for {args.fixed_seconds:.0f} s after a {args.ramp_seconds:g}-s ramp at the same rate, not counted "
-                  f"(latency counted from when each request was due)")
-            body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(99))
-            # A short ramp at the same rate first, not counted: the server has just been idle
-            # for the seed's round and every client connection is new.
-            ramp = args.ramp_seconds
-            fixed = drive(ours, body, clients=args.clients, seconds=ramp + args.fixed_seconds, rate=target_rate)
-            fixed = fixed.after(ramp)
-            print_round(fixed)
-            window = args.round_seconds
-            print(f"  p99 of each {window:.0f} s of it (ms): " + "  ".join(f"{p99:.1f}" for p99 in fixed.windows(window)))
-        memory = {target.name: worker_peak_memory_mib(target) for target in (seed, ours)}
+            fixed_sides = [side for side in sides if side.name in ("ours", "limit")]
+            print(f"fixed rate: {' and '.join(s.name for s in fixed_sides)} at {args.target_multiple:g} x the seed's "
+                  f"{seed_rate:.1f}/s = {target_rate:.1f}/s for {args.fixed_seconds:.0f} s each, after a "
+                  f"{args.ramp_seconds:g}-s ramp at the same rate, not counted (latency counted from when each "
+                  f"request was due)")
+            for side in fixed_sides:
+                body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(99))
+                # A short ramp at the same rate first, not counted: the server has just been idle
+                # for the other sides' rounds and every client connection is new.
+                ramp = args.ramp_seconds
+                result, cpu = measured(
+                    side.target, side.database,
+                    lambda: drive(side.target, body, clients=args.clients, seconds=ramp + args.fixed_seconds,  # noqa: B023
+                                  rate=target_rate),
+                )
+                side.fixed, side.fixed_cpu_ms = result.after(ramp), cpu.per_request_ms(len(result.latencies))
+                print_round(side.fixed)
+                window = args.round_seconds
+                print(f"  {side.name} p99 of each {window:.0f} s (ms): "
+                      + "  ".join(f"{p99:.1f}" for p99 in side.fixed.windows(window)))
+        memory = {side.name: worker_peak_memory_mib(side.target) for side in sides}
     finally:
-        stop(seed)
-        stop(ours)
+        for side in sides:
+            stop(side.target)
 
-    def total(name):
-        rounds = results[name]
-        latencies = [x for r in rounds for x in r.latencies]
-        merged = RoundResult(name, sum(r.seconds for r in rounds), latencies, sum(r.errors for r in rounds))
-        return merged
-
-    seed_total, ours_total = total("seed"), total("ours")
+    names = [side.name for side in sides]
+    totals = {side.name: side.total() for side in sides}
+    seed_total, ours_total = totals["seed"], totals["ours"]
     print()
-    print("summary (all rounds)        seed        ours     ours/seed")
-    print(f"  full syncs/s         {seed_total.rate:10.1f}  {ours_total.rate:10.1f}  {ours_total.rate / seed_total.rate:10.2f}x")
-    print(f"  p50 latency (ms)     {seed_total.pct(0.5):10.1f}  {ours_total.pct(0.5):10.1f}")
-    print(f"  p99 latency (ms)     {seed_total.pct(0.99):10.1f}  {ours_total.pct(0.99):10.1f}")
-    print(f"  errors               {seed_total.errors:10d}  {ours_total.errors:10d}")
+    print("summary (all rounds)     " + "".join(f"{name:>12}" for name in names) + "   ours/seed")
+    print("  full syncs/s           " + "".join(f"{totals[n].rate:12.1f}" for n in names)
+          + f"  {ours_total.rate / seed_total.rate:9.2f}x")
+    print("  p50 latency (ms)       " + "".join(f"{totals[n].pct(0.5):12.1f}" for n in names))
+    print("  p99 latency (ms)       " + "".join(f"{totals[n].pct(0.99):12.1f}" for n in names))
+    print("  errors                 " + "".join(f"{totals[n].errors:12d}" for n in names))
+    for part, label in (("workers", "CPU ms/sync, gunicorn "), ("database", "CPU ms/sync, PostgreSQL"),
+                        ("total", "CPU ms/sync, server   ")):
+        print(f"  {label} " + "".join(
+            f"{by_name[n].cpu.per_request_ms(len(totals[n].latencies), part):12.2f}" for n in names))
+    print("  peak worker RSS (MiB)  " + "".join(f"{memory[n]:12.1f}" for n in names))
     for slots in (4, 24, 48):
-        print(f"  queries/full sync {slots:>2} slots {queries['seed'][slots]:7d}  {queries['ours'][slots]:10d}")
-    print(f"  peak worker RSS (MiB) {memory['seed']:9.1f}  {memory['ours']:10.1f}")
-    print(
-        f"  at {target_rate:.1f}/s offered ({args.target_multiple:g}x seed): ours served {fixed.rate:.1f}/s, "
-        f"p50 {fixed.pct(0.5):.1f} ms, p99 {fixed.pct(0.99):.1f} ms, errors {fixed.errors}"
-    )
+        print(f"  queries/full sync {slots:>2} slots {queries['seed'][slots]:7d}  {queries['ours'][slots]:10d}  (seed, ours)")
+    ours_cpu = by_name["ours"].cpu.per_request_ms(len(ours_total.latencies))
+    if "metrics-off" in by_name:
+        off_total = totals["metrics-off"]
+        off_cpu = by_name["metrics-off"].cpu.per_request_ms(len(off_total.latencies))
+        print(f"  metrics on against off: capacity {100 * (ours_total.rate / off_total.rate - 1):+.1f}%, "
+              f"server CPU per full sync {100 * (ours_cpu / off_cpu - 1):+.1f}%")
+    if "limit" in by_name:
+        limit_cpu = by_name["limit"].cpu.per_request_ms(len(totals["limit"].latencies))
+        print(f"  ours against the limit: server CPU per full sync {ours_cpu / limit_cpu:.2f}x "
+              f"({ours_cpu:.2f} ms against {limit_cpu:.2f} ms), capacity {ours_total.rate / totals['limit'].rate:.2f}x")
+    for side in sides:
+        if side.fixed is not None:
+            fixed = side.fixed
+            print(f"  at {target_rate:.1f}/s offered ({args.target_multiple:g}x seed): {side.name} served {fixed.rate:.1f}/s, "
+                  f"p50 {fixed.pct(0.5):.1f} ms, p99 {fixed.pct(0.99):.1f} ms, max {fixed.pct(1.0):.1f} ms, "
+                  f"errors {fixed.errors}, CPU {side.fixed_cpu_ms:.2f} ms/sync (ramp included)")
 
 
 def fixed(args) -> None:
@@ -972,7 +1141,9 @@ def main() -> None:
     parser.add_argument("--big-stations", type=int, default=10_000)
     parser.add_argument("--target-multiple", type=float, default=6.0, help="fixed-rate phase: this many times the seed")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("compare", help="throughput and latency, ours against the seed")
+    compare_parser = sub.add_parser("compare", help="throughput, CPU and latency: ours against the seed (and the limit)")
+    compare_parser.add_argument("--no-metrics-off", action="store_true",
+                                help="leave out the side that runs ours with METRICS_ENABLED=false")
     sub.add_parser("scale", help="latency on an empty database against 10,000 stations / 200,000 banks")
     fixed_parser = sub.add_parser("fixed", help="ours alone at a fixed rate, to try one setting against another")
     fixed_parser.add_argument("--rate", type=float, required=True, help="full syncs per second offered")
@@ -984,12 +1155,18 @@ def main() -> None:
     soak_parser.add_argument("--rental-interval", type=float, default=0.2, help="seconds between rentals")
     parser.add_argument("--seed-dir", type=Path, default=os.environ.get("BENCH_SEED_DIR"),
                         help="the seed baseline's checkout (compare only; or BENCH_SEED_DIR)")
+    parser.add_argument("--limit-dir", type=Path, default=os.environ.get("BENCH_LIMIT_DIR"),
+                        help="the bare limit app's folder, with limit_app.py (compare's third side; or BENCH_LIMIT_DIR)")
     args = parser.parse_args()
     if args.command == "compare":
         if args.seed_dir is None or not (Path(args.seed_dir) / "manage.py").is_file():
             parser.error("compare needs --seed-dir (or BENCH_SEED_DIR): the seed baseline's checkout, with its manage.py")
-        global SEED_DIR
+        global SEED_DIR, LIMIT_DIR
         SEED_DIR = Path(args.seed_dir).resolve()
+        if args.limit_dir is not None:
+            if not (Path(args.limit_dir) / "limit_app.py").is_file():
+                parser.error("--limit-dir (or BENCH_LIMIT_DIR) must name the folder holding limit_app.py")
+            LIMIT_DIR = Path(args.limit_dir).resolve()
     {"compare": compare, "scale": scale, "soak": soak, "fixed": fixed}[args.command](args)
 
 
