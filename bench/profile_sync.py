@@ -7,6 +7,7 @@ Where one full sync spends its CPU: this project's WSGI application called in-pr
     .venv/bin/python bench/profile_sync.py --pyinstrument      # plus a call tree of the worker's time
     .venv/bin/python bench/profile_sync.py --queries           # plus the SQL of one request
     .venv/bin/python bench/profile_sync.py --gc-stats          # plus the garbage collector's pauses
+    .venv/bin/python bench/profile_sync.py --cpu-profile       # plus the worker's CPU time by function (cProfile)
 
 The PostgreSQL backend's CPU is read from /proc (the server runs on this machine).
 """
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--pyinstrument", action="store_true")
     parser.add_argument("--queries", action="store_true")
     parser.add_argument("--gc-stats", action="store_true", help="count and time garbage collections")
+    parser.add_argument("--cpu-profile", action="store_true",
+                        help="cProfile timed by process CPU time: where the worker's CPU goes, waits excluded")
     args = parser.parse_args()
 
     recreate_database(args.pg, args.database)
@@ -151,13 +154,19 @@ def main() -> None:
 
         profiler = Profiler(interval=0.001)
         profiler.start()
+    elif args.cpu_profile:
+        import cProfile
+
+        # Timed by this process's CPU time, so the waits for PostgreSQL count nothing.
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
     statuses.clear()
     cpu, pg, wall = time.process_time(), backend_cpu_seconds(backend), time.perf_counter()
     for n in range(args.requests):
         call(n)
     cpu, pg, wall = time.process_time() - cpu, backend_cpu_seconds(backend) - pg, time.perf_counter() - wall
     if profiler:
-        profiler.stop()
+        profiler.disable() if args.cpu_profile else profiler.stop()
     per = 1000 / args.requests
     print(f"{args.requests} full syncs ({args.stations} stations x {args.slots} slots): statuses {statuses}")
     print(f"  worker CPU     {cpu * per - generator * 1000:6.2f} ms per request (body generation excluded)")
@@ -171,7 +180,15 @@ def main() -> None:
                     f"  gen{generation} collections: {len(times)}, longest {max(times) * 1000:.1f} ms, "
                     f"total {sum(times) * 1000:.0f} ms"
                 )
-    if profiler:
+    if profiler and args.cpu_profile:
+        import pstats
+
+        stats = pstats.Stats(profiler).strip_dirs()
+        print("\nworker CPU by function, including callees (cProfile adds its own overhead to every call):")
+        stats.sort_stats("cumulative").print_stats(45)
+        print("worker CPU by function, own time:")
+        stats.sort_stats("tottime").print_stats(30)
+    elif profiler:
         print(profiler.output_text(unicode=True, color=False, show_all=bool(os.environ.get("PROFILE_ALL"))))
 
 
