@@ -12,7 +12,15 @@ Every token carries a digest of the password hash it was issued under (simplejwt
 CHECK_REVOKE_TOKEN claim), checked against the user as read, cached or not: after a
 password change, on any host, a token issued before it stops working as soon as that host
 reads the user again, so within `AUTH_USER_CACHE_SECONDS`.
+
+The token itself is verified once per process: the IoT sender presents the same bytes on
+every request, and decoding them again (base64, HMAC, JSON, claims) was most of the
+authentication's CPU. A token's signature and claims are fixed by its bytes, so the result
+of verifying them cannot change while the signing key stays the same (a new key means a new
+process); only its expiry depends on the time, and it is checked on every request.
 """
+
+import threading
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -21,8 +29,16 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.settings import api_settings
-from rest_framework_simplejwt.utils import get_md5_hash_password
+from rest_framework_simplejwt.utils import aware_utcnow, get_md5_hash_password
+
+# Verified tokens of this process by their bytes. A handful of accounts call the API, so
+# this stays small; it is emptied whenever it reaches the bound, which costs one more
+# verification per token, nothing else.
+_VERIFIED: dict[bytes, object] = {}
+_VERIFIED_MAX = 256
+_verified_lock = threading.Lock()
 
 
 def _cache_key(user_id) -> str:
@@ -30,6 +46,24 @@ def _cache_key(user_id) -> str:
 
 
 class CachedUserJWTAuthentication(JWTAuthentication):
+    def get_validated_token(self, raw_token):
+        token = _VERIFIED.get(raw_token)
+        if token is not None:
+            try:
+                token.check_exp(current_time=aware_utcnow())
+            except TokenError:
+                with _verified_lock:
+                    _VERIFIED.pop(raw_token, None)
+            else:
+                return token
+        # Not verified yet, or expired: simplejwt decides, and answers an invalid token.
+        token = super().get_validated_token(raw_token)
+        with _verified_lock:
+            if len(_VERIFIED) >= _VERIFIED_MAX:
+                _VERIFIED.clear()
+            _VERIFIED[raw_token] = token
+        return token
+
     def get_user(self, validated_token):
         seconds = settings.AUTH_USER_CACHE_SECONDS
         user_id = validated_token.get(api_settings.USER_ID_CLAIM)

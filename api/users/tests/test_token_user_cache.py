@@ -74,3 +74,45 @@ class TokenUserCacheTests(TestCase):
     def test_zero_reads_the_user_on_every_request(self):
         self.assertEqual(self.user_reads(), 1)
         self.assertEqual(self.user_reads(), 1)
+
+
+class VerifiedTokenMemoTests(TestCase):
+    """A token's bytes are verified once per process; its expiry is checked on every request."""
+
+    def setUp(self):
+        from api.users import authentication
+
+        cache.clear()
+        self.addCleanup(cache.clear)
+        authentication._VERIFIED.clear()
+        self.addCleanup(authentication._VERIFIED.clear)
+        self.user = make_staff()
+        self.client = APIClient()
+        self.client.credentials(HTTP_AUTHORIZATION=bearer_for(self.user))
+
+    def test_the_same_token_is_decoded_once(self):
+        from rest_framework_simplejwt.backends import TokenBackend
+
+        with mock.patch.object(TokenBackend, "decode", autospec=True, side_effect=TokenBackend.decode) as decode:
+            self.assertEqual(self.client.get(ME).status_code, 200)
+            self.assertEqual(self.client.get(ME).status_code, 200)
+        self.assertEqual(decode.call_count, 1)
+
+    def test_a_verified_token_is_refused_once_it_expires(self):
+        from datetime import timedelta
+
+        from rest_framework_simplejwt.tokens import AccessToken
+
+        token = AccessToken.for_user(self.user)
+        token.set_exp(lifetime=timedelta(seconds=1))
+        self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+        self.assertEqual(self.client.get(ME).status_code, 200)
+        time.sleep(1.2)  # the clock, not a mock: the expiry is read on each request
+        self.assertEqual(self.client.get(ME).status_code, 401)
+
+    def test_a_forged_token_is_refused_although_a_valid_one_is_remembered(self):
+        self.assertEqual(self.client.get(ME).status_code, 200)
+        header, payload, signature = bearer_for(self.user).removeprefix("Bearer ").split(".")
+        forged = f"Bearer {header}.{payload}.{signature[:-2]}AA"
+        self.client.credentials(HTTP_AUTHORIZATION=forged)
+        self.assertEqual(self.client.get(ME).status_code, 401)
