@@ -6,6 +6,11 @@ before and after a closed-loop run.
 
     .venv/bin/python bench/cpu_split.py                 # 15 s, 16 clients
     .venv/bin/python bench/cpu_split.py --seconds 30
+    .venv/bin/python bench/cpu_split.py --pg postgres://postgres@127.0.0.1:5433 --statements
+
+With --statements, the PostgreSQL server must load pg_stat_statements
+(shared_preload_libraries); the run then prints each statement's share of the database's
+time per full sync: execution time, WAL bytes and rows, from the extension's counters.
 
 On a 2-core machine, 2000 ms of CPU per second divided by the total per request is the
 throughput the machine can reach when nothing else runs.
@@ -73,6 +78,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8150)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--statements", action="store_true", help="per-statement figures from pg_stat_statements")
     args = parser.parse_args()
 
     database = "bench_cpu_split"
@@ -81,6 +87,8 @@ def main() -> None:
     try:
         warm_up(target, 200, 24, 0.7)
         analyze(args.pg, database)
+        if args.statements:
+            reset_statements(args.pg, database)
         before = cpu_by_process()
         result = drive(
             target, full_sync_bodies(200, 24, 0.7, random.Random(3)), clients=args.clients, seconds=args.seconds
@@ -100,6 +108,32 @@ def main() -> None:
         print(f"  {key:<18} {ticks / TICKS / requests * 1000:6.2f} ms CPU per full sync")
     total = sum(totals.values()) / TICKS / requests * 1000
     print(f"  {'total':<18} {total:6.2f} ms CPU per full sync: {os.cpu_count() * 1000 / total:.0f}/s on {os.cpu_count()} cores")
+    if args.statements:
+        print_statements(args.pg, database, requests)
+
+
+def reset_statements(pg: str, database: str) -> None:
+    import psycopg
+
+    with psycopg.connect(f"{pg}/{database}", autocommit=True) as connection:
+        connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        connection.execute("SELECT pg_stat_statements_reset()")
+
+
+def print_statements(pg: str, database: str, requests: int) -> None:
+    import psycopg
+
+    with psycopg.connect(f"{pg}/{database}", autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT calls, total_exec_time, wal_bytes, rows, query FROM pg_stat_statements s "
+            "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s ORDER BY total_exec_time DESC LIMIT 12",
+            [database],
+        ).fetchall()
+    print(f"\nstatements by execution time (pg_stat_statements), per full sync ({requests} full syncs):")
+    print("   calls  exec ms   WAL bytes    rows  statement")
+    for calls, exec_ms, wal, count, query in rows:
+        text = " ".join(query.split())[:110]
+        print(f"  {calls / requests:6.2f}  {exec_ms / requests:7.3f}  {int(wal) / requests:10.0f}  {count / requests:6.1f}  {text}")
 
 
 if __name__ == "__main__":

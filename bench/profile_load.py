@@ -9,7 +9,9 @@ settings, driven with signed full syncs (closed loop) while py-spy samples every
 
 Prints the functions with the most samples: by their own time (what to make cheaper) and
 including what they call (which layer costs what). py-spy runs with --nonblocking, so the
-workers are not paused while sampled; its own CPU is not counted as theirs.
+workers are not paused while sampled; its own CPU is not counted as theirs. With --gil only
+the thread holding the interpreter lock is sampled: time waiting for PostgreSQL or the
+network is left out, so the figures are where the workers spend their CPU in Python.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def main() -> None:
         analyze(args.pg, database)
         sampler = subprocess.Popen(
             [py_spy, "record", "--pid", str(target.process.pid), "--subprocesses", "--nonblocking",
-             "--rate", "250", "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(out)],
+             "--gil", "--rate", "250", "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         result = {}
