@@ -40,6 +40,9 @@ def _networks(entries: tuple[str, ...]) -> tuple:
     return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries)
 
 
+# The same few addresses (the sender, the proxies) arrive on every request; parsing one is
+# a noticeable part of the checks' cost. Bounded, so junk in X-Forwarded-For cannot grow it.
+@lru_cache(maxsize=1024)
 def _parse_ip(value: str):
     try:
         return ipaddress.ip_address(value.strip())
