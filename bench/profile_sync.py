@@ -130,6 +130,10 @@ def main() -> None:
             print(f"{number:2}. {query['sql'][:300]}")
         print()
 
+    if not args.requests:  # start-up and warm-up only (bench/metrics_cost.py subtracts them)
+        print("warmed up; no measured requests")
+        return
+
     # The body generator (the load generator's work) is timed on its own and subtracted.
     started = time.process_time()
     for n in range(args.requests):
