@@ -358,6 +358,10 @@ IOT_RETURN_GRACE_SECONDS = _read("IOT_RETURN_GRACE_SECONDS", "int", 120)
 IOT_OFFLINE_AFTER_MINUTES = _read("IOT_OFFLINE_AFTER_MINUTES", "int", 30)
 # Seconds the sender is told to wait when the database is unreachable.
 IOT_RETRY_AFTER_SECONDS = _read("IOT_RETRY_AFTER_SECONDS", "int", 5)
+# The event log's retention (maintain_iot_events): days a settled full sync or status message
+# keeps its body, and days every row (and the bodies of returns, failed and rejected ones) is kept.
+IOT_EVENT_PAYLOAD_DAYS = _read("IOT_EVENT_PAYLOAD_DAYS", "int", 7)
+IOT_EVENT_KEEP_DAYS = _read("IOT_EVENT_KEEP_DAYS", "int", 90)
 
 # --- The other direction: the IoT system's HTTP API (ejecting banks, inventories) -------
 # docs/contract.md, "The other direction". Empty URL: no cabinet can be asked, so a rental
