@@ -347,7 +347,7 @@ class Summary:
         if not errors and errors_ok(self):
             error_text = "no sender errors"
         elif errors_ok(self):
-            error_text = f"{errors} sender errors all retried to success"
+            error_text = f"{errors} sender error{'s' if errors != 1 else ''} all retried to success"
         else:
             error_text = f"{errors} sender errors, {self.retried_to_success} of {self.bodies_with_errors} bodies retried to success"
         return (
@@ -422,6 +422,9 @@ def soak(args) -> Summary:
             # Transaction pooling before PgBouncer 1.21: no prepared statements (the setting
             # also keeps psycopg's client-side binding, whose queries are never prepared).
             base_env["DATABASE_PREPARE_THRESHOLD"] = "0"
+            # And no server-side cursors: outside a transaction Django declares them WITH
+            # HOLD, and the next fetch may reach another server connection.
+            base_env["DATABASE_DISABLE_SERVER_SIDE_CURSORS"] = "true"
         run([OUR_PYTHON, "manage.py", "migrate", "--noinput"], env=base_env, cwd=ROOT)
         password = secrets.token_urlsafe(24)
         run([OUR_PYTHON, "manage.py", "create_iot_sender", "--email", SENDER_EMAIL],

@@ -182,6 +182,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # request. Without it, the first request on a connection the server dropped fails with
     # 503 and the sender's retry gets a fresh connection.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = _read("DATABASE_CONN_HEALTH_CHECKS", "bool", False)
+    # Behind PgBouncer in transaction mode: a server-side cursor outside a transaction (a
+    # `.iterator()` in autocommit, as `dumpdata` runs) is WITH HOLD and outlives the server
+    # connection it was declared on. Django then fetches with plain queries instead.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = _read(
+        "DATABASE_DISABLE_SERVER_SIDE_CURSORS", "bool", False
+    )
     DATABASES["default"].setdefault("OPTIONS", {})
     # Fail fast when the server is unreachable, so the sender gets a 503 quickly
     # instead of hanging into its 15 s read timeout.
