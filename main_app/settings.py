@@ -182,6 +182,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # request. Without it, the first request on a connection the server dropped fails with
     # 503 and the sender's retry gets a fresh connection.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = _read("DATABASE_CONN_HEALTH_CHECKS", "bool", False)
+    # Behind PgBouncer in transaction mode: a server-side cursor outside a transaction (a
+    # `.iterator()` in autocommit, as `dumpdata` runs) is WITH HOLD and outlives the server
+    # connection it was declared on. Django then fetches with plain queries instead.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = _read(
+        "DATABASE_DISABLE_SERVER_SIDE_CURSORS", "bool", False
+    )
     DATABASES["default"].setdefault("OPTIONS", {})
     # Fail fast when the server is unreachable, so the sender gets a 503 quickly
     # instead of hanging into its 15 s read timeout.
@@ -358,6 +364,10 @@ IOT_RETURN_GRACE_SECONDS = _read("IOT_RETURN_GRACE_SECONDS", "int", 120)
 IOT_OFFLINE_AFTER_MINUTES = _read("IOT_OFFLINE_AFTER_MINUTES", "int", 30)
 # Seconds the sender is told to wait when the database is unreachable.
 IOT_RETRY_AFTER_SECONDS = _read("IOT_RETRY_AFTER_SECONDS", "int", 5)
+# The event log's retention (maintain_iot_events): days a settled full sync or status message
+# keeps its body, and days every row (and the bodies of returns, failed and rejected ones) is kept.
+IOT_EVENT_PAYLOAD_DAYS = _read("IOT_EVENT_PAYLOAD_DAYS", "int", 7)
+IOT_EVENT_KEEP_DAYS = _read("IOT_EVENT_KEEP_DAYS", "int", 90)
 
 # --- The other direction: the IoT system's HTTP API (ejecting banks, inventories) -------
 # docs/contract.md, "The other direction". Empty URL: no cabinet can be asked, so a rental

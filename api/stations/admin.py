@@ -710,14 +710,29 @@ class IoTEventAdmin(admin.ModelAdmin):
         return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
 
     def get_fields(self, request, obj=None):
-        if obj is not None and not self.body_row(obj).raw_body:
+        source = self.body_row(obj) if obj is not None else None
+        if obj is not None and not (source and source.raw_body):
             return tuple(name for name in self.fields if name != "raw_body_display")
         return self.fields
 
     @staticmethod
-    def body_row(event) -> IoTEvent:
-        """The row that keeps the body: a repeat's first delivery, else the row itself."""
-        return event.duplicate_of if event.duplicate_of_id else event
+    def body_row(event) -> IoTEvent | None:
+        """
+        The row that keeps the body: a repeat's first delivery, else the row itself. None
+        for a repeat whose first delivery is gone (dropped with its day by retention).
+        """
+        if not event.duplicate_of_id:
+            return event
+        try:
+            return event.duplicate_of
+        except IoTEvent.DoesNotExist:
+            return None
+
+    @staticmethod
+    def gone(event) -> str:
+        return format_html(
+            "-<p>Kept with the first delivery, #{}, which is no longer in the log.</p>", event.duplicate_of_id
+        )
 
     @admin.display(description="Outcome", ordering="outcome")
     def outcome_display(self, event):
@@ -763,6 +778,8 @@ class IoTEventAdmin(admin.ModelAdmin):
     def payload_display(self, event):
         # A repeat keeps no copy of the body: show its first delivery's, and say so.
         source = self.body_row(event)
+        if source is None:
+            return self.gone(event)
         if source.payload is None:
             return "-"
         shown = pre(pretty_json(source.payload))
@@ -773,6 +790,8 @@ class IoTEventAdmin(admin.ModelAdmin):
     @admin.display(description="Raw body (not JSON)")
     def raw_body_display(self, event):
         source = self.body_row(event)
+        if source is None:
+            return self.gone(event)
         if source is event:
             return pre(event.raw_body)
         return format_html("{}<p>Kept with the first delivery, #{}.</p>", pre(source.raw_body), source.pk)
@@ -806,6 +825,15 @@ class IoTEventAdmin(admin.ModelAdmin):
             )
             return
         for event in selected:
+            if event.duplicate_of_id and event.duplicate_of is None:
+                # select_related found no row: the first delivery, with the body, is gone.
+                self.message_user(
+                    request,
+                    f"event {event.pk}: not re-processed, its first delivery (#{event.duplicate_of_id}, "
+                    "which has the body) is no longer in the log",
+                    messages.WARNING,
+                )
+                continue
             report = reprocess(event)
             ok = report.outcome in (IoTEventOutcome.PROCESSED, IoTEventOutcome.STALE)
             target = f"event {event.pk}" + (

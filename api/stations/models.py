@@ -238,6 +238,10 @@ class IoTEvent(models.Model):
         on_delete=models.CASCADE,
         related_name="duplicates",
         db_index=False,  # partial index below
+        # No foreign key in the database: on PostgreSQL the log is partitioned by day and
+        # nothing can reference it by `id` alone. A repeat may outlive its first delivery
+        # (dropped with its day); readers treat the link as possibly dangling.
+        db_constraint=False,
     )
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
     # The JSON text exactly as answered, so a repeated body gets byte-for-byte the same

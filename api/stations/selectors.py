@@ -209,11 +209,14 @@ def rentable_power_bank_count() -> int:
     return PowerBank.objects.filter(rentable_power_banks_q()).count()
 
 
-# The planner's estimate, kept by (auto)vacuum and ANALYZE; -1 until the table is first
-# analyzed, when the statistics system's count of live rows stands in.
+# The planner's estimate, kept by (auto)vacuum and ANALYZE; -1 until a table is first
+# analyzed, when the statistics system's count of live rows stands in. On PostgreSQL the log
+# is partitioned by day: the sum over its partitions (the parent itself holds no rows, and
+# nothing analyzes a partitioned parent by itself); a plain table is its own only leaf.
 _EVENT_LOG_ESTIMATE_SQL = (
-    "SELECT c.reltuples, s.n_live_tup FROM pg_class c "
-    "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%s)"
+    "SELECT COALESCE(SUM(CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE COALESCE(s.n_live_tup, 0) END), 0) "
+    "FROM pg_partition_tree(to_regclass(%s)) t JOIN pg_class c ON c.oid = t.relid "
+    "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE t.isleaf"
 )
 
 
@@ -226,8 +229,5 @@ def event_log_row_estimate() -> int:
         with connection.cursor() as cursor:
             cursor.execute(_EVENT_LOG_ESTIMATE_SQL, [IoTEvent._meta.db_table])
             row = cursor.fetchone()
-        if row is None:
-            return 0
-        reltuples, live = row
-        return int(reltuples) if reltuples >= 0 else int(live or 0)
+        return int(row[0]) if row else 0
     return IoTEvent.objects.count()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from django.db import connection
 from django.utils import timezone
 
 from api.stations.ingest.body import Body
@@ -46,21 +47,70 @@ class LoggedDelivery:
 
 
 _EVENT_TABLE = sql.quote(IoTEvent._meta.db_table)
-_INSERT_FIELDS = [field for field in IoTEvent._meta.concrete_fields if not field.primary_key]
 _PAYLOAD = IoTEvent._meta.get_field("payload")
 _RAW_BODY = IoTEvent._meta.get_field("raw_body")
 _DUPLICATE_OF = IoTEvent._meta.get_field("duplicate_of")
-# The first delivery of a body is inserted unless the body's digest already has one; the
-# conflict target is the partial unique index `iot_event_body_unique`.
-_INSERT_SQL = (
-    f"INSERT INTO {_EVENT_TABLE} ({', '.join(sql.quote(field.column) for field in _INSERT_FIELDS)}) "
-    f"VALUES ({', '.join(['%s'] * len(_INSERT_FIELDS))})"
-)
-_INSERT_FIRST_SQL = (
-    f"{_INSERT_SQL} ON CONFLICT (body_sha256) WHERE duplicate_of_id IS NULL DO NOTHING RETURNING id"
-)
-_INSERT_REPEAT_SQL = f"{_INSERT_SQL} RETURNING id"
-_PRIMARY_SQL = f"SELECT id FROM {_EVENT_TABLE} WHERE body_sha256 = %s AND duplicate_of_id IS NULL"
+_RECEIVED_AT = IoTEvent._meta.get_field("received_at")
+# Every column but the key, the link to the first delivery and the body, which depend on
+# whether the digest has a first delivery already.
+_INSERT_FIELDS = [
+    field
+    for field in IoTEvent._meta.concrete_fields
+    if not field.primary_key and field not in (_DUPLICATE_OF, _PAYLOAD, _RAW_BODY)
+]
+_PRIMARY_FUNCTION = f"{IoTEvent._meta.db_table}_primary"
+
+
+class EventId(int):
+    """An event's id that knows its row's `received_at`, the log's partition key on
+    PostgreSQL: a statement on the row by id alone would look in every day's partition."""
+
+    received_at: Any = None
+
+    def __new__(cls, value: int, received_at: Any = None):
+        event_id = super().__new__(cls, value)
+        event_id.received_at = received_at
+        return event_id
+
+
+def _insert_sql() -> str:
+    """
+    One statement for every delivery, first or repeat: it looks the digest's first delivery
+    up and inserts this delivery's row as the first (with the body) or as a repeat of it
+    (without). On PostgreSQL the lookup is `stations_iotevent_primary` (migration 0007):
+    across every day's partition, under an advisory lock on the digest, with a snapshot of
+    its own, so two deliveries of one body at the same moment (on either side of midnight
+    too) make one first delivery and one repeat. On SQLite a write statement holds the
+    database's write lock, so the lookup and the insert cannot interleave with another.
+    Each day's (PostgreSQL) or the table's (SQLite) unique index on first deliveries'
+    digests stays as the database's guard.
+    """
+    postgres = connection.vendor == "postgresql"
+
+    def param(field) -> str:
+        # An INSERT ... SELECT gives no column type to a bare parameter on PostgreSQL.
+        return f"%s::{field.db_type(connection)}" if postgres else "%s"
+
+    columns = [*_INSERT_FIELDS, _DUPLICATE_OF, _PAYLOAD, _RAW_BODY]
+    lookup = (
+        f"{_PRIMARY_FUNCTION}(%s)"
+        if postgres
+        else f"(SELECT id FROM {_EVENT_TABLE} WHERE body_sha256 = %s AND duplicate_of_id IS NULL)"
+    )
+    values = [param(field) for field in _INSERT_FIELDS]
+    values += [
+        "f.prior",
+        f"CASE WHEN f.prior IS NULL THEN {param(_PAYLOAD)} END",
+        f"CASE WHEN f.prior IS NULL THEN {param(_RAW_BODY)} ELSE '' END",
+    ]
+    return (
+        f"INSERT INTO {_EVENT_TABLE} ({', '.join(sql.quote(field.column) for field in columns)}) "
+        f"SELECT {', '.join(values)} FROM (SELECT {lookup} AS prior) f "
+        "RETURNING id, duplicate_of_id"
+    )
+
+
+_INSERT_SQL: dict[str, str] = {}
 
 
 def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
@@ -72,43 +122,43 @@ def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
         source_ip=source_ip,
         body_sha256=hashlib.sha256(body.raw).hexdigest(),
         body_bytes=len(body.raw),
-        payload=None,
-        # Undecodable bytes and NUL (PostgreSQL text cannot hold it) become U+FFFD.
-        raw_body=(
-            body.raw[:RAW_BODY_KEPT].decode("utf-8", "replace").replace("\x00", "\ufffd")
-            if body.error
-            else ""
-        ),
     )
-    params = [_column_value(field, event, body) for field in _INSERT_FIELDS]
-    rows = sql.fetch(_INSERT_FIRST_SQL, params)
-    if rows:
-        return LoggedDelivery(event_id=rows[0][0], primary_id=rows[0][0])
-    # Seen before: this delivery is a row of its own pointing at the first one, which
-    # has the body.
-    ((primary_id,),) = sql.fetch(_PRIMARY_SQL, [event.body_sha256])
-    params[_INSERT_FIELDS.index(_DUPLICATE_OF)] = primary_id
-    params[_INSERT_FIELDS.index(_PAYLOAD)] = None
-    params[_INSERT_FIELDS.index(_RAW_BODY)] = ""
-    ((event_id,),) = sql.fetch(_INSERT_REPEAT_SQL, params)
+    params = [sql.db_value(field, getattr(event, field.attname)) for field in _INSERT_FIELDS]
+    # A decoded body is stored as the text it came in: it is valid JSON that the database
+    # can store as it is (`decode` refused what it cannot), and encoding the decoded object
+    # again would cost more than anything else here. Undecodable bytes and NUL (PostgreSQL
+    # text cannot hold it) are kept as text, with U+FFFD.
+    payload = body.raw.decode("utf-8") if body.error is None else None
+    raw_body = (
+        body.raw[:RAW_BODY_KEPT].decode("utf-8", "replace").replace("\x00", "\ufffd")
+        if body.error
+        else ""
+    )
+    statement = _INSERT_SQL.get(connection.vendor) or _INSERT_SQL.setdefault(connection.vendor, _insert_sql())
+    ((event_id, primary_id),) = sql.fetch(statement, [*params, payload, raw_body, event.body_sha256])
+    event_id = EventId(event_id, event.received_at)
+    if primary_id is None:
+        return LoggedDelivery(event_id=event_id, primary_id=event_id)
     return LoggedDelivery(event_id=event_id, primary_id=primary_id)
 
 
-def _column_value(field, event: IoTEvent, body: Body) -> Any:
-    if field is _PAYLOAD:
-        # A decoded body is stored as the text it came in: it is valid JSON that the
-        # database can store as it is (`decode` refused what it cannot), and encoding the
-        # decoded object again would cost more than anything else here.
-        return body.raw.decode("utf-8") if body.error is None else None
-    return sql.db_value(field, getattr(event, field.attname))
-
-
 _ANSWER_SQL = f"SELECT outcome, http_status, response FROM {_EVENT_TABLE} WHERE id = %s"
+# Where the row's day is known, the statement reads that day's partition only.
+_ON_ITS_DAY = " AND received_at = %s"
+
+
+def _row(event_id: int) -> tuple[str, list]:
+    """The WHERE clause's tail and parameters for one row: its id, and its day if known."""
+    received_at = getattr(event_id, "received_at", None)
+    if received_at is None:
+        return "", [int(event_id)]
+    return _ON_ITS_DAY, [int(event_id), sql.db_value(_RECEIVED_AT, received_at)]
 
 
 def settled_answer(event_id: int) -> tuple[int, dict] | None:
     """The answer a settled row gave, as (HTTP status, body); None if it is not settled."""
-    ((outcome, http_status, response),) = sql.fetch(_ANSWER_SQL, [event_id])
+    tail, row = _row(event_id)
+    ((outcome, http_status, response),) = sql.fetch(_ANSWER_SQL + tail, row)
     if outcome not in SETTLED:
         return None
     return http_status or 200, json.loads(response) if response else None
@@ -123,7 +173,7 @@ _SETTLE_SQL = (
     f"UPDATE {_EVENT_TABLE} SET outcome = %s, http_status = %s, response = %s, "
     "error = COALESCE(%s, CASE WHEN outcome = %s THEN '' ELSE error END), "
     "duration_ms = %s, processed_at = %s, attempts = attempts + %s "
-    "WHERE id = %s AND outcome NOT IN (%s, %s) RETURNING id"
+    "WHERE outcome NOT IN (%s, %s) AND id = %s"
 )
 _PROCESSED_AT = IoTEvent._meta.get_field("processed_at")
 
@@ -143,8 +193,9 @@ def settle(
     it wrote. `error` is what an operator reads about a refusal or failure; `attempted`
     counts one more processing attempt of the body.
     """
+    tail, row = _row(event_id)
     rows = sql.fetch(
-        _SETTLE_SQL,
+        f"{_SETTLE_SQL}{tail} RETURNING id",
         [
             outcome.value,
             http_status,
@@ -154,8 +205,8 @@ def settle(
             duration_ms,
             sql.db_value(_PROCESSED_AT, timezone.now() if outcome in SETTLED else None),
             1 if attempted else 0,
-            event_id,
             *(settled.value for settled in SETTLED),
+            *row,
         ],
     )
     return bool(rows)

@@ -628,14 +628,17 @@ class EventLogIndexTests(TestCase):
         # index on the same column, which no lookup of the project uses.
         columns = sorted(tuple(info["columns"]) for info in self.indexes().values())
         self.assertEqual(len(columns), len(set(columns)), columns)
+        # On PostgreSQL the log is partitioned by day: its key includes the partition key,
+        # and the digest's unique index is each day's own (test_event_partitions).
+        partitioned = connection.vendor == "postgresql"
         self.assertEqual(
             set(columns),
             {
-                ("id",),
+                ("id", "received_at") if partitioned else ("id",),
                 ("received_at",),
                 ("outcome", "received_at"),
                 ("station_serial",),
-                ("body_sha256",),
+                *([] if partitioned else [("body_sha256",)]),
                 ("duplicate_of_id",),
             },
         )

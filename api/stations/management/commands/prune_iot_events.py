@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
@@ -11,7 +12,11 @@ KEPT_OUTCOMES = (IoTEventOutcome.FAILED, IoTEventOutcome.RECEIVED)
 
 
 class Command(BaseCommand):
-    help = "Delete logged IoT messages older than --days, keeping failed ones (and their retries)."
+    help = (
+        "Delete logged IoT messages older than --days, row by row, keeping failed ones (and "
+        "their retries). Replaced for daily use by maintain_iot_events, which on PostgreSQL "
+        "drops whole days instead; kept for one-off clean-ups."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--days", type=int, required=True, help="keep this many days")
@@ -26,6 +31,11 @@ class Command(BaseCommand):
         )
         # Duplicates of a body still kept stay with it; a pruned primary takes its
         # duplicates along (ON DELETE CASCADE), old or not, which is what we want.
+        if connection.vendor == "postgresql":
+            self.stdout.write(
+                "Note: maintain_iot_events replaces this command for daily retention "
+                "(it drops whole days of the partitioned log); this one deletes row by row."
+            )
         count = old.count()
         if dry_run:
             self.stdout.write(f"Would delete {count} event(s) received before {cutoff.isoformat()}.")

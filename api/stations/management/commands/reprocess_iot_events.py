@@ -32,6 +32,14 @@ class Command(BaseCommand):
             return
         counts: dict[str, int] = {}
         for event in selected:
+            if event.duplicate_of_id and not IoTEvent.objects.filter(pk=event.duplicate_of_id).exists():
+                # A repeat whose first delivery (with the body) was dropped with its day.
+                counts["GONE"] = counts.get("GONE", 0) + 1
+                self.stdout.write(
+                    f"event {event.pk}: not re-processed, its first delivery "
+                    f"#{event.duplicate_of_id} (with the body) is no longer in the log"
+                )
+                continue
             report = reprocess(event)
             counts[report.outcome] = counts.get(report.outcome, 0) + 1
             self.stdout.write(
