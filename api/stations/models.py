@@ -82,7 +82,7 @@ class Station(models.Model):
     firmware_version = models.CharField(max_length=32, blank=True)
     signal_strength = models.CharField(max_length=16, blank=True)
     wifi_ssid = models.CharField("Wi-Fi SSID", max_length=64, blank=True)
-    last_heartbeat = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
     # The body timestamp of the newest full or status message applied: older ones are stale.
     device_state_at = models.DateTimeField(null=True, blank=True)
 
