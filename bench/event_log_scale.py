@@ -122,10 +122,10 @@ def statement_cost(pg: str, database: str, repeat: int = 2000) -> dict:
     with psycopg.connect(f"{pg}/{database}", autocommit=True) as connection:
         (partitions,) = connection.execute("SELECT COUNT(*) FROM pg_inherits WHERE inhparent = 'stations_iotevent'::regclass").fetchone()
         for _ in range(20):
-            connection.execute("SELECT stations_iotevent_primary(%s)", ["0" * 64])
+            connection.execute("SELECT stations_iotevent_primary(%s, now() - interval '7 days')", ["0" * 64])
         started = time.perf_counter()
         for n in range(repeat):
-            connection.execute("SELECT stations_iotevent_primary(%s)", [f"{n:064x}"])
+            connection.execute("SELECT stations_iotevent_primary(%s, now() - interval '7 days')", [f"{n:064x}"])
         lookup = (time.perf_counter() - started) / repeat * 1000
         started = time.perf_counter()
         for _ in range(repeat):

@@ -368,6 +368,10 @@ IOT_RETRY_AFTER_SECONDS = _read("IOT_RETRY_AFTER_SECONDS", "int", 5)
 # keeps its body, and days every row (and the bodies of returns, failed and rejected ones) is kept.
 IOT_EVENT_PAYLOAD_DAYS = _read("IOT_EVENT_PAYLOAD_DAYS", "int", 7)
 IOT_EVENT_KEEP_DAYS = _read("IOT_EVENT_KEEP_DAYS", "int", 90)
+# How far back a delivery's body is looked for to tell a repeat (PostgreSQL; SQLite looks in
+# everything kept). Past it, a body counts as new: a full sync or status message is then
+# stale against the station's newer state, and a return closes only a rental still open.
+IOT_EVENT_REPEAT_DAYS = _read("IOT_EVENT_REPEAT_DAYS", "int", 7)
 
 # --- The other direction: the IoT system's HTTP API (ejecting banks, inventories) -------
 # docs/contract.md, "The other direction". Empty URL: no cabinet can be asked, so a rental

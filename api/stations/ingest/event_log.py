@@ -17,9 +17,11 @@ import hashlib
 import json
 import traceback
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -77,10 +79,10 @@ def _insert_sql() -> str:
     """
     One statement for every delivery, first or repeat: it looks the digest's first delivery
     up and inserts this delivery's row as the first (with the body) or as a repeat of it
-    (without). On PostgreSQL the lookup is `stations_iotevent_primary` (migration 0007):
-    across every day's partition, under an advisory lock on the digest, with a snapshot of
-    its own, so two deliveries of one body at the same moment (on either side of midnight
-    too) make one first delivery and one repeat. On SQLite a write statement holds the
+    (without). On PostgreSQL the lookup is `stations_iotevent_primary` (migrations 0007 and
+    0009): across the partitions of the last `IOT_EVENT_REPEAT_DAYS` days, under an advisory
+    lock on the digest, with a snapshot of its own, so two deliveries of one body at the
+    same moment (on either side of midnight too) make one first delivery and one repeat. On SQLite a write statement holds the
     database's write lock, so the lookup and the insert cannot interleave with another.
     Each day's (PostgreSQL) or the table's (SQLite) unique index on first deliveries'
     digests stays as the database's guard.
@@ -93,7 +95,7 @@ def _insert_sql() -> str:
 
     columns = [*_INSERT_FIELDS, _DUPLICATE_OF, _PAYLOAD, _RAW_BODY]
     lookup = (
-        f"{_PRIMARY_FUNCTION}(%s)"
+        f"{_PRIMARY_FUNCTION}(%s, %s::timestamptz)"
         if postgres
         else f"(SELECT id FROM {_EVENT_TABLE} WHERE body_sha256 = %s AND duplicate_of_id IS NULL)"
     )
@@ -135,7 +137,12 @@ def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
         else ""
     )
     statement = _INSERT_SQL.get(connection.vendor) or _INSERT_SQL.setdefault(connection.vendor, _insert_sql())
-    ((event_id, primary_id),) = sql.fetch(statement, [*params, payload, raw_body, event.body_sha256])
+    lookup = [event.body_sha256]
+    if connection.vendor == "postgresql":
+        # A repeat of a first delivery received in the last IOT_EVENT_REPEAT_DAYS days. (SQLite's
+        # one unique index holds every first delivery kept, so its lookup is not bounded.)
+        lookup.append(sql.db_value(_RECEIVED_AT, event.received_at - timedelta(days=settings.IOT_EVENT_REPEAT_DAYS)))
+    ((event_id, primary_id),) = sql.fetch(statement, [*params, payload, raw_body, *lookup])
     event_id = EventId(event_id, event.received_at)
     if primary_id is None:
         return LoggedDelivery(event_id=event_id, primary_id=event_id)

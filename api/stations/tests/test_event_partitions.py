@@ -166,6 +166,46 @@ class PartitionTests(TestCase):
         )
         self.assertEqual({r.outcome for r in repeats}, {IoTEventOutcome.DUPLICATE})
 
+    @override_settings(IOT_EVENT_REPEAT_DAYS=7)
+    def test_a_body_is_a_repeat_within_the_repeat_days_and_new_after_them(self):
+        body = compact(status_payload("ONLINE", timestamp=now_ts()))
+        first = today() + timedelta(days=1)
+        moments = [datetime.combine(first, datetime.min.time(), tzinfo=UTC) + timedelta(hours=1)]
+        moments += [moments[0] + timedelta(days=6, hours=22), moments[0] + timedelta(days=7, hours=1)]
+        # (the third moment's day holds a newer message, then the body once more)
+        with connection.cursor() as cursor:
+            for moment in moments:
+                event_partitions.create_partition(cursor, moment.date())
+        newer = compact(status_payload("ONLINE", timestamp=now_ts() + 1))
+        for moment, sent in zip(moments, (body, body, newer), strict=True):
+            with received_at(moment):
+                self.assertEqual(self.sender.post(sent).status_code, 200)
+        with received_at(moments[-1] + timedelta(minutes=1)):
+            self.assertEqual(self.sender.post(body).status_code, 200)
+        first_row, within, _, after = IoTEvent.objects.order_by("id")
+        self.assertIsNone(first_row.duplicate_of_id)
+        self.assertEqual(within.duplicate_of_id, first_row.pk)
+        # Past the window the body is looked for no more: a first delivery again, in a day of
+        # its own, and stale against the station's newer state, so nothing is applied twice.
+        self.assertIsNone(after.duplicate_of_id)
+        self.assertEqual(after.outcome, IoTEventOutcome.STALE)
+
+    def test_the_digest_lookup_reads_only_the_days_of_the_window(self):
+        with connection.cursor() as cursor:
+            for n in range(1, 31):
+                event_partitions.create_partition(cursor, today() - timedelta(days=n))
+            cursor.execute(
+                "EXPLAIN (ANALYZE, COSTS OFF, SUMMARY OFF, TIMING OFF) SELECT id FROM stations_iotevent "
+                "WHERE body_sha256 = %s AND duplicate_of_id IS NULL AND received_at >= %s",
+                ["0" * 64, timezone.now() - timedelta(days=7)],
+            )
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        scanned = {name for name in partition_names() if name in plan}
+        # Today, the days ahead, the last 7 days and the DEFAULT partition; not the 23 before.
+        self.assertNotIn(event_partitions.partition_name(today() - timedelta(days=8)), scanned)
+        self.assertIn(event_partitions.partition_name(today() - timedelta(days=6)), scanned)
+        self.assertLessEqual(len(scanned), 8 + 8 + 1)
+
     def test_logging_a_delivery_is_one_statement_first_or_repeat(self):
         body = decode(compact(status_payload("ONLINE", timestamp=now_ts())))
         for repeat in (False, True):
@@ -248,7 +288,8 @@ class PartitionTests(TestCase):
         # Its digests are still looked up.
         with connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT {event_partitions.PRIMARY_FUNCTION}(%s)", [sha256(b"failed")]
+                f"SELECT {event_partitions.PRIMARY_FUNCTION}(%s, %s)",
+                [sha256(b"failed"), timezone.now() - timedelta(days=30)],
             )
             self.assertEqual(cursor.fetchone()[0], failed.pk)
 
