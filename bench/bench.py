@@ -11,6 +11,7 @@ and latency at one fixed offered rate (a multiple of the seed's measured rate):
 
     .venv/bin/python bench/bench.py --seed-dir S --limit-dir L compare   # all four sides
     .venv/bin/python bench/bench.py scale              # empty database vs 10,000 stations
+    .venv/bin/python bench/bench.py eventlog           # empty event log vs 10 million rows, daily upkeep
     .venv/bin/python bench/bench.py soak --minutes 3   # mixed traffic, then invariants
     .venv/bin/python bench/bench.py fixed --rate 170   # ours alone at a fixed rate (--set NAME=VALUE)
 
@@ -835,6 +836,13 @@ def compare(args) -> None:
                   f"errors {fixed.errors}, CPU {side.fixed_cpu_ms:.2f} ms/sync (ramp included)")
 
 
+def event_log(args) -> None:
+    """The event log at scale: bench/event_log_scale.py, with this script's common options."""
+    import event_log_scale
+
+    event_log_scale.run(args)
+
+
 def fixed(args) -> None:
     """
     Ours alone at a fixed rate, for trying one setting against another: p50 and p99 over the
@@ -1145,6 +1153,12 @@ def main() -> None:
     compare_parser.add_argument("--no-metrics-off", action="store_true",
                                 help="leave out the side that runs ours with METRICS_ENABLED=false")
     sub.add_parser("scale", help="latency on an empty database against 10,000 stations / 200,000 banks")
+    log_parser = sub.add_parser(
+        "eventlog", help="full sync latency on an empty event log against 10 million rows over 30 days, and the daily upkeep"
+    )
+    log_parser.add_argument("--rows", type=int, default=10_000_000)
+    log_parser.add_argument("--days", type=int, default=30)
+    log_parser.add_argument("--plain-days", type=int, default=3, help="days copied into a plain table for the DELETE")
     fixed_parser = sub.add_parser("fixed", help="ours alone at a fixed rate, to try one setting against another")
     fixed_parser.add_argument("--rate", type=float, required=True, help="full syncs per second offered")
     fixed_parser.add_argument("--seconds", type=float, default=30)
@@ -1167,7 +1181,7 @@ def main() -> None:
             if not (Path(args.limit_dir) / "limit_app.py").is_file():
                 parser.error("--limit-dir (or BENCH_LIMIT_DIR) must name the folder holding limit_app.py")
             LIMIT_DIR = Path(args.limit_dir).resolve()
-    {"compare": compare, "scale": scale, "soak": soak, "fixed": fixed}[args.command](args)
+    {"compare": compare, "scale": scale, "soak": soak, "fixed": fixed, "eventlog": event_log}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8150)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--slots", type=int, default=24, help="slots per station (production cabinets have 4)")
     parser.add_argument("--statements", action="store_true", help="per-statement figures from pg_stat_statements")
     args = parser.parse_args()
 
@@ -85,13 +86,13 @@ def main() -> None:
     target = Target("ours", args.port, prepare_ours(args.pg, database))
     start(target, gunicorn_command(OUR_PYTHON, target.port, 4, 1), env=our_env(args.pg, database), cwd=ROOT)
     try:
-        warm_up(target, 200, 24, 0.7)
+        warm_up(target, 200, args.slots, 0.7)
         analyze(args.pg, database)
         if args.statements:
             reset_statements(args.pg, database)
         before = cpu_by_process()
         result = drive(
-            target, full_sync_bodies(200, 24, 0.7, random.Random(3)), clients=args.clients, seconds=args.seconds
+            target, full_sync_bodies(200, args.slots, 0.7, random.Random(3)), clients=args.clients, seconds=args.seconds
         )
         after = cpu_by_process()
     finally:
