@@ -4,11 +4,12 @@
 FROM python:3.11-slim
 
 # PROMETHEUS_MULTIPROC_DIR: where the gunicorn workers keep their metrics for GET /metrics
-# (the entrypoint creates and empties it); it must be in the environment before Python starts.
+# (the entrypoint creates and empties it); it must be in the environment before Python starts,
+# and on the container's memory-backed /dev/shm (memory-mapped files written on every request).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/chargeghar-metrics
+    PROMETHEUS_MULTIPROC_DIR=/dev/shm/chargeghar-metrics
 
 WORKDIR /app
 

@@ -307,7 +307,8 @@ def new_metrics_dir() -> str:
     import shutil
     import tempfile
 
-    path = tempfile.mkdtemp(prefix="bench-metrics-")
+    # Memory-backed, as deployed (main_app/gunicorn_conf.py says why).
+    path = tempfile.mkdtemp(prefix="bench-metrics-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     atexit.register(shutil.rmtree, path, True)
     return path
 
@@ -399,6 +400,8 @@ def gunicorn_command(python: Path, port: int, workers: int, threads: int) -> lis
         "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
         "--worker-class", "gthread", "--threads", str(threads), "--keep-alive", "10",
         "--log-level", "warning", "--timeout", "60",
+        # Every side's worker heartbeat files in memory, as gunicorn's documentation advises.
+        *(["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else []),
     ]
 
 
@@ -702,6 +705,37 @@ class Side:
         )
 
 
+def drive_pairs(on: Side, off: Side, args) -> list[tuple[float, float]]:
+    """
+    Ours with metrics on and off in many short rounds, one right after the other, each pair
+    in turn order: (on/off capacity, on/off gunicorn CPU per full sync) of every pair. A pair
+    spans seconds, over which this machine's speed moves far less than over the minutes
+    between the long rounds above, so the median of the pairs' ratios shows a difference of a
+    few percent that the long rounds' totals cannot (their spread, shown next to it, says how
+    far to trust it). Metrics run no query, so the gunicorn CPU is what they could cost.
+    """
+    print(f"pairs: {on.name} and {off.name}, {args.pairs} pairs of {args.pair_seconds:g}-s rounds, "
+          f"{args.clients} clients, order alternating")
+    ratios = []
+    for number in range(args.pairs):
+        measured_pair = {}
+        for side in (on, off) if number % 2 == 0 else (off, on):
+            body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(1000 + number))
+            result, cpu = measured(
+                side.target, side.database,
+                lambda: drive(side.target, body, clients=args.clients, seconds=args.pair_seconds),  # noqa: B023
+            )
+            measured_pair[side.name] = (result.rate, cpu.per_request_ms(len(result.latencies), "workers"))
+        (on_rate, on_ms), (off_rate, off_ms) = measured_pair[on.name], measured_pair[off.name]
+        ratios.append((on_rate / off_rate, on_ms / off_ms))
+    return ratios
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(values)
+    return tuple(ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.25, 0.5, 0.75))
+
+
 def limit_side(args, port: int) -> Side:
     """The bare limit, run from its own folder with our interpreter (it needs psycopg, PyJWT, gunicorn)."""
     database = "bench_limit"
@@ -774,6 +808,9 @@ def compare(args) -> None:
                     side.rounds.append(result)
                     side.cpu = side.cpu + cpu
                     print_round(result, cpu)
+            pairs = None
+            if "metrics-off" in by_name:
+                pairs = drive_pairs(by_name["ours"], by_name["metrics-off"], args)
             seed_rate = by_name["seed"].total().rate
             target_rate = args.target_multiple * seed_rate
             fixed_sides = [side for side in sides if side.name in ("ours", "limit")]
@@ -824,6 +861,13 @@ def compare(args) -> None:
         off_cpu = by_name["metrics-off"].cpu.per_request_ms(len(off_total.latencies))
         print(f"  metrics on against off: capacity {100 * (ours_total.rate / off_total.rate - 1):+.1f}%, "
               f"server CPU per full sync {100 * (ours_cpu / off_cpu - 1):+.1f}%")
+    if pairs:
+        low, median, high = quartiles([capacity for capacity, _ in pairs])
+        cpu_low, cpu_median, cpu_high = quartiles([cpu for _, cpu in pairs])
+        print(f"  metrics on against off, {len(pairs)} pairs of {args.pair_seconds:g}-s rounds: capacity median "
+              f"{100 * (median - 1):+.1f}% (quartiles {100 * (low - 1):+.1f}% to {100 * (high - 1):+.1f}%), gunicorn CPU "
+              f"per full sync median {100 * (cpu_median - 1):+.1f}% (quartiles {100 * (cpu_low - 1):+.1f}% to "
+              f"{100 * (cpu_high - 1):+.1f}%)")
     if "limit" in by_name:
         limit_cpu = by_name["limit"].cpu.per_request_ms(len(totals["limit"].latencies))
         print(f"  ours against the limit: server CPU per full sync {ours_cpu / limit_cpu:.2f}x "
@@ -1150,6 +1194,8 @@ def main() -> None:
     parser.add_argument("--target-multiple", type=float, default=6.0, help="fixed-rate phase: this many times the seed")
     sub = parser.add_subparsers(dest="command", required=True)
     compare_parser = sub.add_parser("compare", help="throughput, CPU and latency: ours against the seed (and the limit)")
+    compare_parser.add_argument("--pairs", type=int, default=12, help="short rounds of ours with metrics on and off")
+    compare_parser.add_argument("--pair-seconds", type=float, default=5, help="length of each of those rounds")
     compare_parser.add_argument("--no-metrics-off", action="store_true",
                                 help="leave out the side that runs ours with METRICS_ENABLED=false")
     sub.add_parser("scale", help="latency on an empty database against 10,000 stations / 200,000 banks")

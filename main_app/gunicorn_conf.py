@@ -4,8 +4,11 @@ gunicorn hooks for the metrics' multiprocess mode (main_app/metrics.py).
 Used by every way the service is started: `--config python:main_app.gunicorn_conf` in
 scripts/run, the Docker image and the systemd unit, and, through ./gunicorn.conf.py (which
 gunicorn reads from its working directory by default), a bare gunicorn started in the
-project root. Worker settings stay on the command lines. Without PROMETHEUS_MULTIPROC_DIR
-these hooks do nothing.
+project root. Worker counts stay on the command lines. Without PROMETHEUS_MULTIPROC_DIR
+these hooks do nothing. PROMETHEUS_MULTIPROC_DIR belongs on a memory-backed filesystem
+(/dev/shm, /run): every value recorded is a write into a memory-mapped file there, which on
+a disk-backed filesystem the kernel also has to track and write back to disk
+(docs/performance.md, "Fifth pass").
 
 Only the standard library and prometheus_client here: gunicorn's master process loads this
 file, and the master never imports Django.
@@ -13,6 +16,11 @@ file, and the master never imports Django.
 
 import os
 from pathlib import Path
+
+# Each worker's heartbeat is a change of a temporary file's mode, several times a second: on
+# a disk-backed filesystem every change is an inode write through the journal, which
+# gunicorn's documentation warns can stall a worker. A memory-backed one where there is one.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
 def _multiproc_dir() -> Path | None:

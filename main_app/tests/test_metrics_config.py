@@ -132,3 +132,17 @@ class SettingsTests(SimpleTestCase):
                 result = self.start(**{name: value})
                 self.assertNotEqual(result.returncode, 0)
                 self.assertIn(name, result.stderr.strip().splitlines()[-1])
+
+
+class MemoryBackedFilesTests(SimpleTestCase):
+    """Files written on every request live in memory (main_app/gunicorn_conf.py says why)."""
+
+    def test_gunicorn_keeps_its_heartbeat_files_in_dev_shm_with_and_without_config(self):
+        for found in (runpy.run_path(str(ROOT / "gunicorn.conf.py")), vars(gunicorn_conf)):
+            expected = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            self.assertEqual(found["worker_tmp_dir"], expected)
+
+    def test_the_image_and_scripts_run_put_the_metrics_files_in_dev_shm(self):
+        dockerfile = (ROOT / "Dockerfile").read_text()
+        self.assertIn("PROMETHEUS_MULTIPROC_DIR=/dev/shm/", dockerfile)
+        self.assertIn('mktemp -d "$shm/chargeghar-metrics.XXXXXX"', (ROOT / "scripts" / "run").read_text())
