@@ -65,13 +65,17 @@ _PRIMARY_FUNCTION = f"{IoTEvent._meta.db_table}_primary"
 
 class EventId(int):
     """An event's id that knows its row's `received_at`, the log's partition key on
-    PostgreSQL: a statement on the row by id alone would look in every day's partition."""
+    PostgreSQL, and the partition the row went into: a statement on the row by id alone
+    would look in every day's partition, and even by id and day, a prepared statement on the
+    partitioned table locks every day's partition before it prunes them (PostgreSQL 15)."""
 
     received_at: Any = None
+    partition: str | None = None
 
-    def __new__(cls, value: int, received_at: Any = None):
+    def __new__(cls, value: int, received_at: Any = None, partition: str | None = None):
         event_id = super().__new__(cls, value)
         event_id.received_at = received_at
+        event_id.partition = partition
         return event_id
 
 
@@ -108,7 +112,8 @@ def _insert_sql() -> str:
     return (
         f"INSERT INTO {_EVENT_TABLE} ({', '.join(sql.quote(field.column) for field in columns)}) "
         f"SELECT {', '.join(values)} FROM (SELECT {lookup} AS prior) f "
-        "RETURNING id, duplicate_of_id"
+        # Where the row went (PostgreSQL: the day's partition, or the DEFAULT one).
+        f"RETURNING id, duplicate_of_id, {'tableoid::regclass::text' if postgres else 'NULL'}"
     )
 
 
@@ -142,30 +147,43 @@ def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
         # A repeat of a first delivery received in the last IOT_EVENT_REPEAT_DAYS days. (SQLite's
         # one unique index holds every first delivery kept, so its lookup is not bounded.)
         lookup.append(sql.db_value(_RECEIVED_AT, event.received_at - timedelta(days=settings.IOT_EVENT_REPEAT_DAYS)))
-    ((event_id, primary_id),) = sql.fetch(statement, [*params, payload, raw_body, *lookup])
-    event_id = EventId(event_id, event.received_at)
+    ((event_id, primary_id, partition),) = sql.fetch(statement, [*params, payload, raw_body, *lookup])
+    event_id = EventId(event_id, event.received_at, partition)
     if primary_id is None:
         return LoggedDelivery(event_id=event_id, primary_id=event_id)
     return LoggedDelivery(event_id=event_id, primary_id=primary_id)
 
 
-_ANSWER_SQL = f"SELECT outcome, http_status, response FROM {_EVENT_TABLE} WHERE id = %s"
+_ANSWER_SQL = "SELECT outcome, http_status, response FROM {table} WHERE id = %s"
 # Where the row's day is known, the statement reads that day's partition only.
 _ON_ITS_DAY = " AND received_at = %s"
 
 
-def _row(event_id: int) -> tuple[str, list]:
-    """The WHERE clause's tail and parameters for one row: its id, and its day if known."""
+def _rows(event_id: int) -> list[tuple[str, str, list]]:
+    """
+    Where to find one row, best first, as (table, WHERE clause's tail, parameters): the
+    partition it went into, if known; then the log by id and day, if the day is known (the
+    upkeep may have moved the row out of the DEFAULT partition meanwhile); else by id alone.
+    """
+    found = []
+    partition = getattr(event_id, "partition", None)
+    if partition:
+        found.append((partition, "", [int(event_id)]))
     received_at = getattr(event_id, "received_at", None)
     if received_at is None:
-        return "", [int(event_id)]
-    return _ON_ITS_DAY, [int(event_id), sql.db_value(_RECEIVED_AT, received_at)]
+        found.append((_EVENT_TABLE, "", [int(event_id)]))
+    else:
+        found.append((_EVENT_TABLE, _ON_ITS_DAY, [int(event_id), sql.db_value(_RECEIVED_AT, received_at)]))
+    return found
 
 
 def settled_answer(event_id: int) -> tuple[int, dict] | None:
     """The answer a settled row gave, as (HTTP status, body); None if it is not settled."""
-    tail, row = _row(event_id)
-    ((outcome, http_status, response),) = sql.fetch(_ANSWER_SQL + tail, row)
+    for table, tail, row in _rows(event_id):
+        rows = sql.fetch(_ANSWER_SQL.format(table=table) + tail, row)
+        if rows:
+            break
+    ((outcome, http_status, response),) = rows
     if outcome not in SETTLED:
         return None
     return http_status or 200, json.loads(response) if response else None
@@ -177,7 +195,7 @@ def settled_answer(event_id: int) -> tuple[int, dict] | None:
 # traceback of an earlier failed attempt (why `attempts` is more than 1) but not the text
 # of an earlier refusal, which was about one delivery (an expired token), not the body.
 _SETTLE_SQL = (
-    f"UPDATE {_EVENT_TABLE} SET outcome = %s, http_status = %s, response = %s, "
+    "UPDATE {table} SET outcome = %s, http_status = %s, response = %s, "
     "error = COALESCE(%s, CASE WHEN outcome = %s THEN '' ELSE error END), "
     "duration_ms = %s, processed_at = %s, attempts = attempts + %s "
     "WHERE outcome NOT IN (%s, %s) AND id = %s"
@@ -200,23 +218,23 @@ def settle(
     it wrote. `error` is what an operator reads about a refusal or failure; `attempted`
     counts one more processing attempt of the body.
     """
-    tail, row = _row(event_id)
-    rows = sql.fetch(
-        f"{_SETTLE_SQL}{tail} RETURNING id",
-        [
-            outcome.value,
-            http_status,
-            as_text(response),
-            error,
-            IoTEventOutcome.REJECTED.value,
-            duration_ms,
-            sql.db_value(_PROCESSED_AT, timezone.now() if outcome in SETTLED else None),
-            1 if attempted else 0,
-            *(settled.value for settled in SETTLED),
-            *row,
-        ],
-    )
-    return bool(rows)
+    values = [
+        outcome.value,
+        http_status,
+        as_text(response),
+        error,
+        IoTEventOutcome.REJECTED.value,
+        duration_ms,
+        sql.db_value(_PROCESSED_AT, timezone.now() if outcome in SETTLED else None),
+        1 if attempted else 0,
+        *(settled.value for settled in SETTLED),
+    ]
+    # Nothing written where the row went: settled already, or (rarely) moved since by the
+    # upkeep; the next place tells which.
+    for table, tail, row in _rows(event_id):
+        if sql.fetch(f"{_SETTLE_SQL.format(table=table)}{tail} RETURNING id", [*values, *row]):
+            return True
+    return False
 
 
 def as_text(body: Any) -> str:
