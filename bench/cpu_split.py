@@ -30,6 +30,7 @@ from bench import (  # noqa: E402
     OUR_PYTHON,
     PG_DEFAULT,
     ROOT,
+    TICKS,
     Target,
     analyze,
     drive,
@@ -37,37 +38,19 @@ from bench import (  # noqa: E402
     gunicorn_command,
     our_env,
     prepare_ours,
+    process_ticks,
     start,
     stop,
     warm_up,
 )
 
-TICKS = os.sysconf("SC_CLK_TCK")
 
-
-def cpu_by_process() -> dict[int, tuple[str, str, int]]:
-    """pid -> (name, command line, CPU ticks used so far)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        found[int(entry.name)] = (name, command, int(fields[11]) + int(fields[12]))
-    return found
-
-
-def category(pid: int, name: str, command: str) -> str:
+def category(pid: int, command: str) -> str:
     if pid == os.getpid():
         return "load generator"
     if "gunicorn" in command:
         return "gunicorn workers"
-    if name.startswith("postgres"):
+    if command.startswith("postgres") or "/bin/postgres " in command:
         return "PostgreSQL"
     return "other"
 
@@ -90,19 +73,19 @@ def main() -> None:
         analyze(args.pg, database)
         if args.statements:
             reset_statements(args.pg, database)
-        before = cpu_by_process()
+        before = process_ticks()
         result = drive(
             target, full_sync_bodies(200, args.slots, 0.7, random.Random(3)), clients=args.clients, seconds=args.seconds
         )
-        after = cpu_by_process()
+        after = process_ticks()
     finally:
         stop(target)
     requests = len(result.latencies)
     totals: dict[str, int] = {}
-    for pid, (name, command, ticks) in after.items():
-        used = ticks - before.get(pid, (name, command, 0))[2]
+    for pid, (command, _group, ticks) in after.items():
+        used = ticks - before.get(pid, (command, _group, 0))[2]
         if used > 0:
-            key = category(pid, name, command)
+            key = category(pid, command)
             totals[key] = totals.get(key, 0) + used
     print(f"{requests / args.seconds:.1f} full syncs/s, {args.clients} clients, {result.errors} errors")
     for key, ticks in sorted(totals.items(), key=lambda item: -item[1]):
