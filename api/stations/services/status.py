@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from api.rentals.services.rental_service import RentalService, StationCheck
@@ -68,19 +69,24 @@ class MonitorResult:
 
 
 def mark_silent_stations_offline(*, now: datetime | None = None) -> list[str]:
-    """Stations ONLINE (or never heard from) whose last heartbeat is older than the timeout."""
+    """
+    Stations ONLINE whose last heartbeat is older than the timeout, and stations ONLINE that
+    never sent one (set ONLINE by hand) once they have been ONLINE that long: the admin's
+    dashboard counts both as silent, and both are OFFLINE as far as anyone can tell.
+    """
     now = now or timezone.now()
     cutoff = now - timedelta(minutes=settings.IOT_OFFLINE_AFTER_MINUTES)
+    silent = Q(last_heartbeat__lt=cutoff) | (
+        Q(last_heartbeat__isnull=True) & (Q(status_changed_at__isnull=True) | Q(status_changed_at__lt=cutoff))
+    )
     marked = []
-    candidates = Station.objects.filter(
-        status=StationStatus.ONLINE, last_heartbeat__lt=cutoff
-    ).values_list("serial_number", flat=True)
+    candidates = Station.objects.filter(silent, status=StationStatus.ONLINE).values_list("serial_number", flat=True)
     for serial in list(candidates):
         # One short transaction per station: never hold many station locks at once.
         with transaction.atomic():
             station = (
                 Station.objects.select_for_update()
-                .filter(serial_number=serial, status=StationStatus.ONLINE, last_heartbeat__lt=cutoff)
+                .filter(silent, serial_number=serial, status=StationStatus.ONLINE)
                 .first()
             )
             if station is None:

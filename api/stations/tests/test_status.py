@@ -6,6 +6,7 @@ from io import StringIO
 
 from django.core.management import call_command
 from django.test import TestCase, override_settings
+from django.utils import timezone
 
 from api.rentals.models import RentalPackage, RentalStatus
 from api.rentals.services.rental_service import RentalService
@@ -87,6 +88,22 @@ class MonitorTests(TestCase):
         # Running again changes nothing more.
         call_command("monitor_stations", stdout=StringIO())
         self.assertEqual(StationStatusHistory.objects.filter(trigger=StatusTrigger.TIMEOUT).count(), 1)
+
+    def test_monitor_marks_a_station_set_online_but_never_heard_from_offline_after_the_timeout(self):
+        # An operator set these ONLINE by hand; no cabinet ever sent a message for them.
+        long_ago = timezone.now() - timedelta(minutes=31)
+        Station.objects.create(
+            serial_number="NEVER001", station_name="never", status=StationStatus.ONLINE, status_changed_at=long_ago
+        )
+        Station.objects.create(
+            serial_number="NEVER002", station_name="just set", status=StationStatus.ONLINE, status_changed_at=timezone.now()
+        )
+
+        call_command("monitor_stations", stdout=StringIO())
+
+        self.assertEqual(Station.objects.get(serial_number="NEVER001").status, StationStatus.OFFLINE)
+        # Within the timeout of being set ONLINE it is given the same time as a silent cabinet.
+        self.assertEqual(Station.objects.get(serial_number="NEVER002").status, StationStatus.ONLINE)
 
     def test_monitor_marks_rentals_past_due_overdue(self):
         StationSyncService().sync_station_data(full_payload(banks={1: ("40818048", 90)}))
