@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from api.stations.ingest import event_partitions
 from api.stations.ingest.body import Body
 from api.stations.models import IoTEvent, IoTEventOutcome
 from main_app import sql
@@ -60,7 +61,6 @@ _INSERT_FIELDS = [
     for field in IoTEvent._meta.concrete_fields
     if not field.primary_key and field not in (_DUPLICATE_OF, _PAYLOAD, _RAW_BODY)
 ]
-_PRIMARY_FUNCTION = f"{IoTEvent._meta.db_table}_primary"
 
 
 class EventId(int):
@@ -86,8 +86,9 @@ def _insert_sql() -> str:
     (without). On PostgreSQL the lookup is `stations_iotevent_primary` (migrations 0007 and
     0009): across the partitions of the last `IOT_EVENT_REPEAT_DAYS` days, under an advisory
     lock on the digest, with a snapshot of its own, so two deliveries of one body at the
-    same moment (on either side of midnight too) make one first delivery and one repeat. On SQLite a write statement holds the
-    database's write lock, so the lookup and the insert cannot interleave with another.
+    same moment (on either side of midnight too) make one first delivery and one repeat.
+    On SQLite a write statement holds the database's write lock, so the lookup and the
+    insert cannot interleave with another.
     Each day's (PostgreSQL) or the table's (SQLite) unique index on first deliveries'
     digests stays as the database's guard.
     """
@@ -99,7 +100,7 @@ def _insert_sql() -> str:
 
     columns = [*_INSERT_FIELDS, _DUPLICATE_OF, _PAYLOAD, _RAW_BODY]
     lookup = (
-        f"{_PRIMARY_FUNCTION}(%s, %s::timestamptz)"
+        f"{event_partitions.PRIMARY_FUNCTION}(%s, %s::timestamptz)"
         if postgres
         else f"(SELECT id FROM {_EVENT_TABLE} WHERE body_sha256 = %s AND duplicate_of_id IS NULL)"
     )

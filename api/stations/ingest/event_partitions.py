@@ -36,7 +36,7 @@ from api.stations.models import IoTEvent, IoTEventOutcome
 
 TABLE = IoTEvent._meta.db_table
 DEFAULT_PARTITION = f"{TABLE}_default"
-# The function the hot path's INSERT calls for a digest's first delivery (migration 0007).
+# The function the hot path's INSERT calls for a digest's first delivery (migrations 0007, 0009).
 PRIMARY_FUNCTION = f"{TABLE}_primary"
 _DAY_NAME = re.compile(rf"^{TABLE}_p(\d{{8}})$")
 # A day's payloads have been trimmed: the partition's comment says so.
@@ -54,14 +54,6 @@ _COLUMNS = [field.column for field in IoTEvent._meta.concrete_fields]
 
 def partitioned() -> bool:
     return connection.vendor == "postgresql"
-
-
-def payload_days() -> int:
-    return int(getattr(settings, "IOT_EVENT_PAYLOAD_DAYS", 7))
-
-
-def keep_days() -> int:
-    return int(getattr(settings, "IOT_EVENT_KEEP_DAYS", 90))
 
 
 def partition_name(day: date) -> str:
@@ -114,7 +106,8 @@ def set_compression(cursor, table: str) -> bool:
 def _digest_index_sql(table: str, index: str | None = None) -> str:
     # Each day has its own unique index over its first deliveries' digests: the parent
     # cannot have one (its unique indexes must include `received_at`). The INSERT looks a
-    # digest up across every day's index; this one is the database's own guard within a day.
+    # digest up in the indexes of the last IOT_EVENT_REPEAT_DAYS days; this one is the
+    # database's own guard within a day.
     index = index or f"{table}_body_unique"
     return (
         f"CREATE UNIQUE INDEX IF NOT EXISTS {_q(index)} ON {_q(table)} (body_sha256) "
@@ -183,8 +176,8 @@ def maintain(
 ) -> list[str]:
     """The daily upkeep; one line per thing done (or that would be done, with `dry_run`)."""
     now = now or timezone.now()
-    payload_days = globals()["payload_days"]() if payload_days is None else payload_days
-    keep_days = globals()["keep_days"]() if keep_days is None else keep_days
+    payload_days = settings.IOT_EVENT_PAYLOAD_DAYS if payload_days is None else payload_days
+    keep_days = settings.IOT_EVENT_KEEP_DAYS if keep_days is None else keep_days
     if partitioned():
         return _maintain_partitions(now, ahead, payload_days, keep_days, trim, dry_run)
     return _maintain_plain(now, payload_days, keep_days, trim, dry_run)

@@ -1,5 +1,6 @@
 import time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from api.stations.ingest import event_partitions
@@ -21,8 +22,8 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
 
     def handle(self, *args, ahead=7, payload_days=None, keep_days=None, no_trim=False, dry_run=False, **options):
-        payload_days = event_partitions.payload_days() if payload_days is None else payload_days
-        keep_days = event_partitions.keep_days() if keep_days is None else keep_days
+        payload_days = settings.IOT_EVENT_PAYLOAD_DAYS if payload_days is None else payload_days
+        keep_days = settings.IOT_EVENT_KEEP_DAYS if keep_days is None else keep_days
         if ahead < 0 or payload_days < 0 or keep_days < 1:
             raise CommandError("--ahead and --payload-days must be 0 or more, --keep-days 1 or more")
         if payload_days > keep_days:
