@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.rentals.models import PaymentModel, Rental, RentalPackage, RentalStatus
 from api.stations.ingest import delivery, event_log
 from api.stations.models import IoTEvent, PowerBank, Station, StationSlot, StationStatus
+from api.stations.tests.factories import SIGNED as SIGNED_BASE
 from api.stations.tests.factories import (
     STATION_SERIAL,
     TEST_SECRET,
@@ -38,11 +39,7 @@ from main_app import metrics, request_context
 from main_app.apps import connect_login_metrics
 
 SIGNED = override_settings(
-    IOT_SIGNATURE_VERIFICATION=True,
-    IOT_SYSTEM_SIGNATURE_SECRET=TEST_SECRET,
-    IOT_SYSTEM_SIGNATURE_PREVIOUS_SECRETS=[],
-    IOT_SYSTEM_ALLOWED_IPS=[],
-    IOT_TRUSTED_PROXIES=[],
+    **SIGNED_BASE.options,
     IOT_SIGNATURE_TOLERANCE_SECONDS=300,
     METRICS_ENABLED=True,
     METRICS_ALLOWED_IPS=["127.0.0.0/8", "::1"],

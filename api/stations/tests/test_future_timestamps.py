@@ -13,9 +13,9 @@ from django.test import TestCase, override_settings
 from api.rentals.models import RentalPackage, RentalStatus
 from api.rentals.services.rental_service import RentalService
 from api.stations.models import IoTEvent, IoTEventOutcome, PowerBank, Station, StationStatus
+from api.stations.tests.factories import SIGNED as SIGNED_BASE
 from api.stations.tests.factories import (
     STATION_SERIAL,
-    TEST_SECRET,
     SenderClient,
     full_payload,
     make_staff,
@@ -26,14 +26,7 @@ from api.stations.tests.factories import (
 
 BANK = "40818052"
 TOLERANCE = 300
-SIGNED = override_settings(
-    IOT_SIGNATURE_VERIFICATION=True,
-    IOT_SYSTEM_SIGNATURE_SECRET=TEST_SECRET,
-    IOT_SYSTEM_SIGNATURE_PREVIOUS_SECRETS=[],
-    IOT_SYSTEM_ALLOWED_IPS=[],
-    IOT_TRUSTED_PROXIES=[],
-    IOT_SIGNATURE_TOLERANCE_SECONDS=TOLERANCE,
-)
+SIGNED = override_settings(**SIGNED_BASE.options, IOT_SIGNATURE_TOLERANCE_SECONDS=TOLERANCE)
 
 
 def at(ts: int) -> datetime:
