@@ -939,27 +939,13 @@ ANALYZE;
 """
 
 
-def scale(args) -> None:
-    """p50 of one full sync at a time: an empty database against 10,000 stations / 200,000 banks."""
-    import psycopg
-
-    print(f"machine: {machine()}")
-    print(f"command: {shlex.join(sys.argv)}")
-    targets = []
-    for offset, (label, database) in enumerate((("empty", "bench_scale_empty"), ("big", "bench_scale_big"))):
-        authorization = prepare_ours(args.pg, database)
-        if label == "big":
-            started = time.time()
-            with psycopg.connect(f"{args.pg}/{database}", autocommit=True) as connection:
-                for statement in BIG_FLEET_SQL.strip().split(";\n"):
-                    if statement.strip():
-                        connection.execute(statement.replace("%(stations)s", str(args.big_stations)))
-                stations = connection.execute("SELECT count(*) FROM stations_station").fetchone()[0]
-                banks = connection.execute("SELECT count(*) FROM stations_powerbank").fetchone()[0]
-            print(f"  big database: {stations} stations, {banks} power banks (loaded in {time.time() - started:.1f} s)")
-        target = Target(label, args.port + 3 + offset, authorization)
-        targets.append((target, database))
-    results = {"empty": [], "big": []}
+def empty_against_big(targets: list[tuple[Target, str]], args) -> tuple[RoundResult, RoundResult]:
+    """
+    One full sync at a time on two servers of ours, "empty" and "big" (each on its database),
+    in rounds that alternate which goes first, vacuuming as autovacuum would: all rounds'
+    latencies of each.
+    """
+    results: dict[str, list[RoundResult]] = {target.name: [] for target, _ in targets}
     try:
         for target, database in targets:
             start(target, gunicorn_command(OUR_PYTHON, target.port, args.workers, args.threads),
@@ -980,8 +966,32 @@ def scale(args) -> None:
     finally:
         for target, _ in targets:
             stop(target)
-    empty = RoundResult("empty", 0, [x for r in results["empty"] for x in r.latencies])
-    big = RoundResult("big", 0, [x for r in results["big"] for x in r.latencies])
+    return tuple(
+        RoundResult(name, 0, [x for r in results[name] for x in r.latencies]) for name in ("empty", "big")
+    )
+
+
+def scale(args) -> None:
+    """p50 of one full sync at a time: an empty database against 10,000 stations / 200,000 banks."""
+    import psycopg
+
+    print(f"machine: {machine()}")
+    print(f"command: {shlex.join(sys.argv)}")
+    targets = []
+    for offset, (label, database) in enumerate((("empty", "bench_scale_empty"), ("big", "bench_scale_big"))):
+        authorization = prepare_ours(args.pg, database)
+        if label == "big":
+            started = time.time()
+            with psycopg.connect(f"{args.pg}/{database}", autocommit=True) as connection:
+                for statement in BIG_FLEET_SQL.strip().split(";\n"):
+                    if statement.strip():
+                        connection.execute(statement.replace("%(stations)s", str(args.big_stations)))
+                stations = connection.execute("SELECT count(*) FROM stations_station").fetchone()[0]
+                banks = connection.execute("SELECT count(*) FROM stations_powerbank").fetchone()[0]
+            print(f"  big database: {stations} stations, {banks} power banks (loaded in {time.time() - started:.1f} s)")
+        target = Target(label, args.port + 3 + offset, authorization)
+        targets.append((target, database))
+    empty, big = empty_against_big(targets, args)
     ratio = big.pct(0.5) / empty.pct(0.5)
     print(f"\n  p50 empty {empty.pct(0.5):.2f} ms, p50 big {big.pct(0.5):.2f} ms: big / empty = {ratio:.2f} "
           f"({(ratio - 1) * 100:+.0f}%)")

@@ -21,7 +21,6 @@ Uses the databases bench_ev_scale_empty and bench_ev_scale_big (dropped and crea
 """
 
 import argparse
-import random
 import re
 import sys
 import time
@@ -35,17 +34,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench  # noqa: E402
 from bench import (  # noqa: E402
     OUR_PYTHON,
-    RoundResult,
     Target,
-    drive,
-    full_sync_bodies,
-    gunicorn_command,
     our_env,
     prepare_ours,
-    print_round,
-    start,
-    stop,
-    warm_up,
 )
 
 DATABASES = {"empty": "bench_ev_scale_empty", "big": "bench_ev_scale_big"}
@@ -220,26 +211,7 @@ def run(args) -> dict:
         targets.append((Target(label, args.port + offset, authorization), database))
     for label, database in DATABASES.items():
         figures[f"lookup_{label}"] = statement_cost(args.pg, database)
-    results = {"empty": [], "big": []}
-    try:
-        for target, database in targets:
-            start(target, gunicorn_command(OUR_PYTHON, target.port, args.workers, args.threads),
-                  env=our_env(args.pg, database), cwd=ROOT)
-            warm_up(target, args.stations, args.slots, args.occupancy)
-            bench.analyze(args.pg, database)
-        for round_number in range(1, args.rounds + 1):
-            order = targets if round_number % 2 else targets[::-1]
-            print(f"round {round_number} (one client, {args.round_seconds:.0f} s each, {order[0][0].name} first)")
-            for target, _ in order:
-                bodies = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(round_number))
-                result = drive(target, bodies, clients=1, seconds=args.round_seconds)
-                results[target.name].append(result)
-                print_round(result)
-    finally:
-        for target, _ in targets:
-            stop(target)
-    empty = RoundResult("empty", 0, [x for r in results["empty"] for x in r.latencies])
-    big = RoundResult("big", 0, [x for r in results["big"] for x in r.latencies])
+    empty, big = bench.empty_against_big(targets, args)
     figures["p50_empty_ms"], figures["p50_big_ms"] = empty.pct(0.5), big.pct(0.5)
     print(f"\n  full sync p50: empty log {empty.pct(0.5):.2f} ms, {args.rows:,}-row log {big.pct(0.5):.2f} ms "
           f"({(big.pct(0.5) / empty.pct(0.5) - 1) * 100:+.0f}%)")
