@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""
+A full sync's cost in the worker's process, counted in instructions: for comparing two
+versions of the code on a machine whose speed moves by more than the difference.
+
+valgrind's callgrind counts every instruction the process executes, the same count for
+the same work whatever else the machine does. This runs bench/profile_sync.py (the WSGI
+application in-process, middleware and all, on real PostgreSQL) under callgrind twice,
+with no measured requests and with --requests N, so that start-up and warm-up cancel out,
+and prints the instructions per full sync. With --root, the code measured is another
+checkout's (its bench/profile_sync.py, its application), run with this interpreter:
+
+    .venv/bin/python bench/instructions.py                        # this checkout, 300 full syncs
+    git worktree add /tmp/before <commit> && ln -s "$PWD/.venv" /tmp/before/.venv
+    .venv/bin/python bench/instructions.py --root /tmp/before     # the same, for <commit>
+
+PostgreSQL's own work is not counted here (bench/cpu_split.py --statements shows its
+statements). Needs valgrind (Debian's package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def instructions(root: Path, requests: int, database: str, env: dict[str, str] | None = None) -> int:
+    """Instructions the worker's process executes for `requests` full syncs, start-up included."""
+    out = Path(tempfile.mkdtemp(prefix="callgrind-")) / "out"
+    completed = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+         str(root / "bench" / "profile_sync.py"), "--database", database, "--stations", "50",
+         "--requests", str(requests)],
+        env=dict(os.environ, **(env or {})), cwd=root, capture_output=True, text=True,
+    )
+    found = re.search(r"Collected : (\d+)", completed.stderr)
+    if not found:
+        raise SystemExit(f"callgrind gave no count:\n{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}")
+    shutil.rmtree(out.parent, ignore_errors=True)
+    return int(found.group(1))
+
+
+def per_full_sync(root: Path, requests: int, database: str, env: dict[str, str] | None = None) -> float:
+    base = instructions(root, 0, database, env)
+    return (instructions(root, requests, database, env) - base) / requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to measure")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--database", default="chargeghar_instructions")
+    args = parser.parse_args()
+    if not shutil.which("valgrind"):
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    root = args.root.resolve()
+    count = per_full_sync(root, args.requests, args.database)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    print(f"{count / 1e6:.3f} M instructions per full sync (worker process; {args.requests} full syncs; "
+          f"{root}, commit {commit.stdout.strip() or 'unknown'})")
+
+
+if __name__ == "__main__":
+    main()
