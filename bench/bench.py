@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -528,10 +529,17 @@ class Autovacuum:
     server runs with the CI configuration, `autovacuum = off`). Without it every update leaves
     a dead row version behind for good: after a few minutes of full syncs the 200-row station
     table holds tens of thousands of them, every lookup wades through them, and the run
-    measures a database no production server would have. While measuring, this VACUUMs the
-    benchmark databases every `every` seconds, for both sides alike, paced as autovacuum
-    paces itself (its default naptime is 60 s; it also works while traffic runs, as this
-    does).
+    measures a database no production server would have. This VACUUMs each benchmark
+    database after every `every` seconds of traffic, paced as autovacuum paces itself (its
+    default naptime is 60 s; it also works while traffic runs, as this does).
+
+    Where the sides take turns (`compare`), each side's database is vacuumed only while that
+    side is measured (`serving`), after every `every` seconds of its own traffic, over a
+    connection opened beforehand: the VACUUM runs during the side's own window, takes CPU
+    from that side only, and its backend's CPU is counted as that side's PostgreSQL, as an
+    autovacuum worker of its database would be. A window ends only once a VACUUM running in
+    it has finished. Elsewhere (one server, or servers measured alike) every database's
+    traffic time counts and all are vacuumed in turn.
     Does nothing where the server runs autovacuum itself.
     """
 
@@ -543,25 +551,52 @@ class Autovacuum:
             self.needed = connection.execute("SHOW autovacuum").fetchone()[0] != "on"
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
+        self.active: str | None = None
+        self.traffic = dict.fromkeys(databases, 0.0)  # seconds of traffic since its last VACUUM
+        self.vacuuming = threading.Lock()
+        self.connections: dict = {}
 
     def describe(self) -> str:
         if not self.needed:
             return "autovacuum: the server's own"
-        return f"autovacuum: off on this server; the script runs VACUUM every {self.every:.0f} s while measuring"
+        return (f"autovacuum: off on this server; the script runs VACUUM on each database after every "
+                f"{self.every:.0f} s of its traffic")
+
+    @contextmanager
+    def serving(self, database: str):
+        """While `database`'s side is measured: its traffic time counts, and only it is vacuumed."""
+        self.active = database
+        try:
+            yield
+        finally:
+            self.active = None
+            with self.vacuuming:  # a VACUUM started in this window ends in it
+                pass
 
     def run(self) -> None:
-        import psycopg
-
-        while not self.stop.wait(self.every):
-            for database in self.databases:
-                with psycopg.connect(f"{self.pg}/{database}", autocommit=True) as connection:
-                    # Paced as autovacuum paces itself (its default cost delay), rather than
-                    # as fast as a manual VACUUM goes.
-                    connection.execute("SET vacuum_cost_delay = '2ms'")
-                    connection.execute("VACUUM")
+        tick, last = 0.25, time.monotonic()
+        while not self.stop.wait(tick):
+            now = time.monotonic()
+            busy = [self.active] if self.active else self.databases
+            for database in busy:
+                self.traffic[database] += now - last
+            last = now
+            for database in busy:
+                if self.traffic[database] >= self.every:
+                    self.traffic[database] = 0.0
+                    with self.vacuuming:
+                        self.connections[database].execute("VACUUM")
 
     def __enter__(self):
         if self.needed:
+            import psycopg
+
+            for database in self.databases:
+                connection = psycopg.connect(f"{self.pg}/{database}", autocommit=True)
+                # Paced as autovacuum paces itself (its default cost delay), rather than as
+                # fast as a manual VACUUM goes.
+                connection.execute("SET vacuum_cost_delay = '2ms'")
+                self.connections[database] = connection
             self.thread.start()
         return self
 
@@ -569,6 +604,20 @@ class Autovacuum:
         self.stop.set()
         if self.thread.is_alive():
             self.thread.join()
+        for connection in self.connections.values():
+            connection.close()
+
+
+def checkpoint(pg: str) -> None:
+    """
+    Write every dirty page out before a side's window (not measured), so that no side's
+    window is charged with writing out what the side before it changed: the pages a side
+    dirties are written by the next checkpoint, outside every window, for all sides alike.
+    """
+    import psycopg
+
+    with psycopg.connect(f"{pg}/postgres", autocommit=True) as connection:
+        connection.execute("CHECKPOINT")
 
 
 def drive_fixed(target: Target, make_body, *, count: int, clients: int) -> None:
@@ -670,10 +719,19 @@ class ServerCpu:
         return ServerCpu(self.workers + other.workers, self.database + other.database)
 
 
-def measured(target: Target, database: str, load) -> tuple[RoundResult, ServerCpu]:
-    """Run `load()` (which drives `target`) and the server CPU it cost."""
-    before = process_ticks()
-    result = load()
+def measured(target: Target, database: str, load, autovacuum: Autovacuum | None = None) -> tuple[RoundResult, ServerCpu]:
+    """
+    Run `load()` (which drives `target`) and the server CPU it cost. With `autovacuum`
+    (sides taking turns), the window starts from a checkpoint and vacuums this side only.
+    """
+    if autovacuum is None:
+        before = process_ticks()
+        result = load()
+    else:
+        checkpoint(autovacuum.pg)
+        before = process_ticks()
+        with autovacuum.serving(database):
+            result = load()
     after = process_ticks()
     return result, ServerCpu.between(target, database, before, after)
 
@@ -705,7 +763,7 @@ class Side:
         )
 
 
-def drive_pairs(on: Side, off: Side, args) -> list[tuple[float, float]]:
+def drive_pairs(on: Side, off: Side, args, autovacuum: Autovacuum) -> list[tuple[float, float]]:
     """
     Ours with metrics on and off in many short rounds, one right after the other, each pair
     in turn order: (on/off capacity, on/off gunicorn CPU per full sync) of every pair. A pair
@@ -724,6 +782,7 @@ def drive_pairs(on: Side, off: Side, args) -> list[tuple[float, float]]:
             result, cpu = measured(
                 side.target, side.database,
                 lambda: drive(side.target, body, clients=args.clients, seconds=args.pair_seconds),  # noqa: B023
+                autovacuum,
             )
             measured_pair[side.name] = (result.rate, cpu.per_request_ms(len(result.latencies), "workers"))
         (on_rate, on_ms), (off_rate, off_ms) = measured_pair[on.name], measured_pair[off.name]
@@ -791,8 +850,9 @@ def compare(args) -> None:
             analyze(args.pg, side.database)
         autovacuum = Autovacuum(args.pg, [side.database for side in sides])
         print(autovacuum.describe())
-        print("CPU: server CPU per full sync, gunicorn (master and workers) plus PostgreSQL (the side's backends "
-              "and the server's background processes), from /proc; the load generator excluded")
+        print("CPU: server CPU per full sync, gunicorn (master and workers) plus PostgreSQL (the side's backends, "
+              "its VACUUM included, and the server's background processes), from /proc; the load generator "
+              "excluded; every window starts from a CHECKPOINT, not measured")
         with autovacuum:
             for round_number in range(1, args.rounds + 1):
                 # Each round starts with the next side, so no side always follows the same one.
@@ -804,13 +864,14 @@ def compare(args) -> None:
                     result, cpu = measured(
                         side.target, side.database,
                         lambda: drive(side.target, body, clients=args.clients, seconds=args.round_seconds),  # noqa: B023
+                        autovacuum,
                     )
                     side.rounds.append(result)
                     side.cpu = side.cpu + cpu
                     print_round(result, cpu)
             pairs = None
             if "metrics-off" in by_name:
-                pairs = drive_pairs(by_name["ours"], by_name["metrics-off"], args)
+                pairs = drive_pairs(by_name["ours"], by_name["metrics-off"], args, autovacuum)
             seed_rate = by_name["seed"].total().rate
             target_rate = args.target_multiple * seed_rate
             fixed_sides = [side for side in sides if side.name in ("ours", "limit")]
@@ -827,6 +888,7 @@ def compare(args) -> None:
                     side.target, side.database,
                     lambda: drive(side.target, body, clients=args.clients, seconds=ramp + args.fixed_seconds,  # noqa: B023
                                   rate=target_rate),
+                    autovacuum,
                 )
                 side.fixed, side.fixed_cpu_ms = result.after(ramp), cpu.per_request_ms(len(result.latencies))
                 print_round(side.fixed)
