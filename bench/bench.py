@@ -155,6 +155,8 @@ class RoundResult:
     statuses: dict = field(default_factory=dict)
     # When each answered request was due (at a fixed rate) or sent, in seconds from the start.
     due: list[float] = field(default_factory=list)
+    # The start, on time.perf_counter()'s clock.
+    began: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -175,7 +177,22 @@ class RoundResult:
             self.errors,
             statuses,
             [due for due, _ in kept],
+            self.began + seconds,
         )
+
+    def split(self, spans: list[tuple[float, float]]) -> tuple[RoundResult, RoundResult]:
+        """
+        The requests in flight during any of `spans` (perf_counter times) and the others, as
+        two results of their own (latencies and due times only).
+        """
+        inside, outside = RoundResult(self.target, 0), RoundResult(self.target, 0)
+        for due, latency in zip(self.due, self.latencies, strict=True):
+            start = self.began + due
+            during = any(start < end and start + latency > begin for begin, end in spans)
+            part = inside if during else outside
+            part.latencies.append(latency)
+            part.due.append(due)
+        return inside, outside
 
     def windows(self, seconds: float) -> list[float]:
         """p99 (ms) of the requests due in each consecutive `seconds` of a fixed-rate run."""
@@ -209,7 +226,7 @@ def drive(
     clock = {}
 
     def start_clock():
-        clock["begin"] = time.perf_counter()
+        clock["begin"] = result.began = time.perf_counter()
 
     # The schedule starts once every client thread is running, not while the last ones are
     # still being started (their first requests would be counted late).
@@ -555,6 +572,8 @@ class Autovacuum:
         self.traffic = dict.fromkeys(databases, 0.0)  # seconds of traffic since its last VACUUM
         self.vacuuming = threading.Lock()
         self.connections: dict = {}
+        # Every VACUUM run: its database, start and end (time.perf_counter()).
+        self.runs: list[tuple[str, float, float]] = []
 
     def describe(self) -> str:
         if not self.needed:
@@ -585,7 +604,12 @@ class Autovacuum:
                 if self.traffic[database] >= self.every:
                     self.traffic[database] = 0.0
                     with self.vacuuming:
+                        started = time.perf_counter()
                         self.connections[database].execute("VACUUM")
+                        self.runs.append((database, started, time.perf_counter()))
+
+    def spans(self, database: str) -> list[tuple[float, float]]:
+        return [(start, end) for name, start, end in self.runs if name == database]
 
     def __enter__(self):
         if self.needed:
@@ -606,18 +630,6 @@ class Autovacuum:
             self.thread.join()
         for connection in self.connections.values():
             connection.close()
-
-
-def checkpoint(pg: str) -> None:
-    """
-    Write every dirty page out before a side's window (not measured), so that no side's
-    window is charged with writing out what the side before it changed: the pages a side
-    dirties are written by the next checkpoint, outside every window, for all sides alike.
-    """
-    import psycopg
-
-    with psycopg.connect(f"{pg}/postgres", autocommit=True) as connection:
-        connection.execute("CHECKPOINT")
 
 
 def drive_fixed(target: Target, make_body, *, count: int, clients: int) -> None:
@@ -722,14 +734,12 @@ class ServerCpu:
 def measured(target: Target, database: str, load, autovacuum: Autovacuum | None = None) -> tuple[RoundResult, ServerCpu]:
     """
     Run `load()` (which drives `target`) and the server CPU it cost. With `autovacuum`
-    (sides taking turns), the window starts from a checkpoint and vacuums this side only.
+    (sides taking turns), only this side's database is vacuumed meanwhile.
     """
+    before = process_ticks()
     if autovacuum is None:
-        before = process_ticks()
         result = load()
     else:
-        checkpoint(autovacuum.pg)
-        before = process_ticks()
         with autovacuum.serving(database):
             result = load()
     after = process_ticks()
@@ -852,7 +862,7 @@ def compare(args) -> None:
         print(autovacuum.describe())
         print("CPU: server CPU per full sync, gunicorn (master and workers) plus PostgreSQL (the side's backends, "
               "its VACUUM included, and the server's background processes), from /proc; the load generator "
-              "excluded; every window starts from a CHECKPOINT, not measured")
+              "excluded")
         with autovacuum:
             for round_number in range(1, args.rounds + 1):
                 # Each round starts with the next side, so no side always follows the same one.
@@ -895,6 +905,16 @@ def compare(args) -> None:
                 window = args.round_seconds
                 print(f"  {side.name} p99 of each {window:.0f} s (ms): "
                       + "  ".join(f"{p99:.1f}" for p99 in side.fixed.windows(window)))
+                # What the tail is made of: the requests in flight while the side's own
+                # database was being vacuumed, against the others.
+                spans = autovacuum.spans(side.database)
+                during, rest = side.fixed.split(spans)
+                covered = sum(min(end, side.fixed.began + side.fixed.seconds) - max(start, side.fixed.began)
+                              for start, end in spans if end > side.fixed.began)
+                print(f"  {side.name} while its VACUUM ran ({len(spans)} runs, {covered:.1f} s of "
+                      f"{side.fixed.seconds:.0f}): {len(during.latencies)} requests, p50 {during.pct(0.5):.1f} ms, "
+                      f"p99 {during.pct(0.99):.1f} ms; the other {len(rest.latencies)}: p50 {rest.pct(0.5):.1f} ms, "
+                      f"p99 {rest.pct(0.99):.1f} ms, max {rest.pct(1.0):.1f} ms")
         memory = {side.name: worker_peak_memory_mib(side.target) for side in sides}
     finally:
         for side in sides:
