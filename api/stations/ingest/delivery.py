@@ -116,40 +116,27 @@ def _run(delivery: Arrival | LoggedDelivery, body: Body, *, started: float) -> A
     """
     try:
         message = _validate(body)
-    except ApiError as error:
-        return _refuse(delivery, error, started=started)
-    try:
         return _apply(delivery, message, started=started)
+    except ApiError as error:
+        refusal = error
     except Exception as exc:
         return _fail(delivery, exc, started=started)
-
-
-def _refuse(delivery: Arrival | LoggedDelivery, error: ApiError, *, started: float) -> Answer:
     try:
-        logged = _log_refusal(delivery, error, started=started)
+        logged = _log_refusal(delivery, refusal, started=started)
     except Exception as exc:  # the database failed meanwhile: that is the answer now
         return _unlogged(exc)
     return Answer(
-        error.status_code, error.payload(), error.headers, _refused_outcome(logged), logged.event_id
+        refusal.status_code, refusal.payload(), refusal.headers, _refused_outcome(logged), logged.event_id
     )
 
 
 def _fail(delivery: Arrival | LoggedDelivery, exc: Exception, *, started: float) -> Answer:
-    """
-    Applying the message failed and rolled back: the delivery is logged now. A repeat of a
-    body settled before gets that body's answer, as it would have if applying it again had
-    not failed; otherwise a refusal is REJECTED and a failure leaves the body FAILED.
-    """
+    """Processing failed and rolled back: the delivery is logged now, and the body FAILED."""
     try:
         logged = _logged(delivery)
-        stored = event_log.settled_answer(logged.primary_id) if logged.is_repeat else None
     except Exception:
         return _unlogged(exc)
-    error = to_api_error(exc)  # logs the traceback of an unexpected error, answered or not
-    if stored is not None:
-        return _answer_repeat(logged, stored, started=started)
-    if isinstance(exc, ApiError):  # refused by a rule while applying
-        return _refuse(logged, exc, started=started)
+    error = to_api_error(exc)  # logs the traceback of an unexpected error
     if error.code == ApiError.code:  # unexpected: nothing the sender can act on
         # The sender learns only where to look; operators find the traceback there.
         error = ApiError(f"Unexpected error; the event log has the details under event {logged.event_id}.")
@@ -249,14 +236,14 @@ def _log_applied(
 def _answer_repeat(delivery: Arrival | LoggedDelivery, stored: tuple[int, dict], *, started: float) -> Answer:
     """A repeat of a settled body: its own row records the stored answer, which it gets."""
     status, answer = stored
-    row = {"http_status": status, "response": answer, "duration_ms": _elapsed_ms(started)}
     if isinstance(delivery, Arrival):
-        delivery = event_log.record(delivery, outcome=IoTEventOutcome.DUPLICATE, **row)
-    elif delivery.is_repeat:  # logged already, without an answer
-        try:
-            event_log.settle(delivery.event_id, outcome=IoTEventOutcome.DUPLICATE, **row)
-        except Exception:  # the answer stands; the row keeps no answer
-            logger.exception("Could not record the answer of event %s", delivery.event_id)
+        delivery = event_log.record(
+            delivery,
+            outcome=IoTEventOutcome.DUPLICATE,
+            http_status=status,
+            response=answer,
+            duration_ms=_elapsed_ms(started),
+        )
     return Answer(status, answer, outcome=IoTEventOutcome.DUPLICATE, event_id=delivery.event_id)
 
 
