@@ -265,11 +265,11 @@ class IoTEvent(models.Model):
                 condition=Q(outcome__in=IoTEventOutcome.values), name="iot_event_outcome_valid"
             ),
         ]
-        # Every message inserts a row, so each index here is paid for on every message (and
-        # again when an outcome is settled later: the update changes `outcome`, which is
-        # indexed, so it is never a HOT update). Hence no `db_index=True` on text columns (on
-        # PostgreSQL it adds a second, `LIKE`-only index that no lookup here uses) and a
-        # partial index for the duplicates, which are few: most rows have no `duplicate_of`.
+        # Every message inserts a row and updates it once, so each index here is paid for
+        # twice per message (the update changes `outcome`, which is indexed, so it is never
+        # a HOT update). Hence no `db_index=True` on text columns (on PostgreSQL it adds a
+        # second, `LIKE`-only index that no lookup here uses) and a partial index for the
+        # duplicates, which are few: most rows have no `duplicate_of`.
         indexes = [
             models.Index(fields=["outcome", "received_at"], name="iot_event_outcome_idx"),
             models.Index(fields=["station_serial"], name="iot_event_station_serial_idx"),

@@ -1,16 +1,15 @@
 """
 One delivery to the station data endpoint, from the signed bytes to the answer.
 
-    1. decode the body (`body.decode`) and validate the message (`schemas.parse_message`);
-       a bad body is answered 400, changes nothing and is logged REJECTED
-    2. apply it and log the delivery with its answer in one transaction (`_apply`), the
-       log row its last write, so that both commit together, once; a deadlock or a
+    1. decode the body (`body.decode`) and log the delivery (`event_log.record`), in
+       autocommit, so the row survives whatever follows
+    2. validate the message (`schemas.parse_message`); a bad body is answered 400, changes
+       nothing and is recorded REJECTED
+    3. a repeat of a body already settled is answered as the first time; nothing is applied
+    4. apply it and settle the body's row in one transaction (`_apply`); a deadlock or a
        unique-key race rolls back and runs again
-    3. a repeat (the log row's digest has a first delivery) settles the body's first row in
-       the same transaction; a repeat of a body already settled rolls back everything it
-       did and is answered as the first time
-    4. a delivery refused or failed is logged after the rollback, in autocommit, with its
-       answer: REJECTED, or FAILED (the body is processed again when it comes back)
+    5. after the transaction, settle what is left: the delivery's own row when it is a
+       repeat, and the body's row when processing failed (FAILED, to be processed again)
 
 Each message type is applied by the one module that writes it: `full_sync`, `returns`
 and `status` under `api/stations/services/`.
@@ -25,7 +24,7 @@ from django.db import IntegrityError, OperationalError, transaction
 
 from api.stations.ingest import event_log
 from api.stations.ingest.body import Body, decode
-from api.stations.ingest.event_log import SETTLED, Arrival, LoggedDelivery
+from api.stations.ingest.event_log import SETTLED, LoggedDelivery
 from api.stations.models import IoTEvent, IoTEventOutcome
 from api.stations.services.full_sync import FullSyncResult, apply_full_sync
 from api.stations.services.returns import ReturnResult, apply_return
@@ -55,23 +54,15 @@ class Answer:
     headers: dict = field(default_factory=dict)
     # The delivery's own row's outcome (DUPLICATE for a repeat, whatever the body's is).
     outcome: IoTEventOutcome | None = None
-    # The delivery's own row (None when it could not be logged: the database failed).
-    event_id: int | None = None
 
 
 def deliver(*, body: bytes, source_ip: str | None) -> Answer:
-    """Validate, apply and log one delivery. Must not run inside a transaction."""
+    """Log, validate, apply and settle one delivery. Must not run inside a transaction."""
     started = time.perf_counter()
-    arrival = Arrival.now(decode(body), source_ip)
-    answer = _run(arrival, arrival.body, started=started)
-    _account(
-        arrival.body,
-        answer.event_id,
-        answer.outcome,
-        answer.status,
-        (answer.body or {}).get("error"),
-        started,
-    )
+    decoded = decode(body)
+    logged = _record(decoded, source_ip=source_ip, started=started)
+    answer = _run(logged, decoded, started=started)
+    _account(decoded, logged.event_id, answer.outcome, answer.status, (answer.body or {}).get("error"), started)
     return answer
 
 
@@ -82,16 +73,10 @@ def refuse(*, body: bytes, source_ip: str | None, error: ApiError) -> None:
     it is delivered again with a valid token.
     """
     started = time.perf_counter()
-    arrival = Arrival.now(decode(body), source_ip)
-    try:
-        logged = _log_refusal(arrival, error, started=started)
-    except Exception as exc:
-        # Not logged, so no outcome of its own: counted FAILED, as the sender gets a 5xx
-        # and sends the body again. The exception handler answers it.
-        status = ServiceUnavailable.status_code if is_database_unavailable(exc) else ApiError.status_code
-        _account(arrival.body, None, IoTEventOutcome.FAILED, status, None, started)
-        raise
-    _account(arrival.body, logged.event_id, _refused_outcome(logged), error.status_code, error.code, started)
+    decoded = decode(body)
+    logged = _record(decoded, source_ip=source_ip, started=started)
+    _settle_refused(logged, error, started=started)
+    _account(decoded, logged.event_id, _refused_outcome(logged), error.status_code, error.code, started)
 
 
 def apply_message(message: Message) -> Result:
@@ -109,49 +94,35 @@ def envelope(result: Result) -> dict:
     return {"success": True, "message": result.summary, "data": result.as_response()}
 
 
-def _run(delivery: Arrival | LoggedDelivery, body: Body, *, started: float) -> Answer:
-    """
-    Process a delivery: one arriving now (an `Arrival`, logged here), or a body already
-    logged that an operator re-processes (its row, which is settled here).
-    """
+def _run(logged: LoggedDelivery, body: Body, *, started: float) -> Answer:
     try:
         message = _validate(body)
-        return _apply(delivery, message, started=started)
+        status, answer = _apply(logged, message, started=started)
     except ApiError as error:
-        refusal = error
+        _settle_refused(logged, error, started=started)
+        return Answer(error.status_code, error.payload(), error.headers, _refused_outcome(logged))
     except Exception as exc:
-        return _fail(delivery, exc, started=started)
-    try:
-        logged = _log_refusal(delivery, refusal, started=started)
-    except Exception as exc:  # the database failed meanwhile: that is the answer now
-        return _unlogged(exc)
-    return Answer(
-        refusal.status_code, refusal.payload(), refusal.headers, _refused_outcome(logged), logged.event_id
-    )
-
-
-def _fail(delivery: Arrival | LoggedDelivery, exc: Exception, *, started: float) -> Answer:
-    """Processing failed and rolled back: the delivery is logged now, and the body FAILED."""
-    try:
-        logged = _logged(delivery)
-    except Exception:
-        return _unlogged(exc)
-    error = to_api_error(exc)  # logs the traceback of an unexpected error
-    if error.code == ApiError.code:  # unexpected: nothing the sender can act on
-        # The sender learns only where to look; operators find the traceback there.
-        error = ApiError(f"Unexpected error; the event log has the details under event {logged.event_id}.")
-    _settle_failed(logged, error, exc, started=started)
-    outcome = IoTEventOutcome.DUPLICATE if logged.is_repeat else IoTEventOutcome.FAILED
-    return Answer(error.status_code, error.payload(), error.headers, outcome, logged.event_id)
-
-
-def _unlogged(exc: Exception) -> Answer:
-    """
-    The delivery could not be logged (the database is why processing failed, most likely):
-    the sender gets the 5xx and sends the body again. Counted FAILED, with no row.
-    """
-    error = to_api_error(exc)
-    return Answer(error.status_code, error.payload(), error.headers, IoTEventOutcome.FAILED)
+        error = to_api_error(exc)  # logs the traceback of an unexpected error
+        if error.code == ApiError.code:  # unexpected: nothing the sender can act on
+            # The sender learns only where to look; operators find the traceback there.
+            error = ApiError(
+                f"Unexpected error; the event log has the details under event {logged.event_id}."
+            )
+        _settle_failed(logged, error, exc, started=started)
+        outcome = IoTEventOutcome.DUPLICATE if logged.is_repeat else IoTEventOutcome.FAILED
+        return Answer(error.status_code, error.payload(), error.headers, outcome)
+    if logged.is_repeat:
+        event_log.settle(
+            logged.event_id,
+            outcome=IoTEventOutcome.DUPLICATE,
+            http_status=status,
+            response=answer,
+            duration_ms=_elapsed_ms(started),
+        )
+        return Answer(status, answer, outcome=IoTEventOutcome.DUPLICATE)
+    # A first delivery's answer is its own, or (re-processed meanwhile) the one stored.
+    applied = (answer.get("data") or {}).get("applied", True)
+    return Answer(status, answer, outcome=IoTEventOutcome.PROCESSED if applied else IoTEventOutcome.STALE)
 
 
 def _validate(body: Body) -> Message:
@@ -162,89 +133,49 @@ def _validate(body: Body) -> Message:
     return parse_message(body.data)
 
 
-class _SettledAlready(Exception):
+class _SettledMeanwhile(Exception):
     """Rolls back a delivery whose body another delivery applied first."""
 
-    def __init__(self, primary_id: int):
-        super().__init__(primary_id)
-        self.primary_id = primary_id
 
-
-def _apply(delivery: Arrival | LoggedDelivery, message: Message, *, started: float) -> Answer:
+def _apply(logged: LoggedDelivery, message: Message, *, started: float) -> tuple[int, dict]:
     """
-    Apply the message and log its answer, in one transaction: a new delivery's row is
-    inserted with the answer (and a repeat settles the body's first row as well), a logged
-    body's row is settled.
+    Apply the message and settle the body's row with the answer, in one transaction.
 
-    Nothing is looked up before applying (a round trip per message, for the few repeats):
-    a repeat of a settled body finds out when its row is inserted, last, and rolls back.
-    Identical bodies in flight at once both lock their station, so they run one after the
-    other, and the guarded settle lets only the first commit. The second answers what the
+    The body's row is not locked up front (a round trip per message): identical bodies in
+    flight at once both lock their station, so they run one after the other, and the
+    guarded settle lets only the first commit. The second rolls back and answers what the
     first did.
     """
     for attempt in itertools.count(1):
+        if logged.is_repeat:
+            settled = event_log.settled_answer(logged.primary_id)
+            if settled is not None:
+                return settled
         try:
             with transaction.atomic():
                 result = apply_message(message)
                 answer = envelope(result)
-                outcome = IoTEventOutcome.PROCESSED if result.applied else IoTEventOutcome.STALE
-                logged = _log_applied(delivery, outcome, answer, started=started)
-            own = IoTEventOutcome.DUPLICATE if logged.is_repeat else outcome
-            return Answer(200, answer, outcome=own, event_id=logged.event_id)
-        except _SettledAlready as settled:
-            # Everything this delivery did was rolled back; answer as the one that won did.
-            stored = event_log.settled_answer(settled.primary_id)
-            if stored is not None:
-                return _answer_repeat(delivery, stored, started=started)
-            if attempt == MAX_ATTEMPTS:  # settled, yet not readable: let the sender retry
-                raise
+                if not event_log.settle(
+                    logged.primary_id,
+                    outcome=IoTEventOutcome.PROCESSED if result.applied else IoTEventOutcome.STALE,
+                    http_status=200,
+                    response=answer,
+                    duration_ms=_elapsed_ms(started),
+                    attempted=True,
+                ):
+                    raise _SettledMeanwhile
+            return 200, answer
+        except _SettledMeanwhile:
+            # This delivery's changes were rolled back; answer as the one that won did.
+            settled = event_log.settled_answer(logged.primary_id)
+            if settled is not None:
+                return settled
         except (IntegrityError, OperationalError) as exc:
             if attempt == MAX_ATTEMPTS or not _is_retryable(exc):
                 raise
-            logger.warning("Station data: %s on attempt %d, retrying", type(exc).__name__, attempt)
-
-
-def _log_applied(
-    delivery: Arrival | LoggedDelivery, outcome: IoTEventOutcome, answer: dict, *, started: float
-) -> LoggedDelivery:
-    """The applied message's answer, inside its transaction; raises `_SettledAlready`."""
-    if isinstance(delivery, Arrival):
-        logged = event_log.record(
-            delivery,
-            outcome=outcome,
-            http_status=200,
-            response=answer,
-            duration_ms=_elapsed_ms(started),
-            attempted=True,
-        )
-        if not logged.is_repeat:
-            return logged
-    else:
-        logged = delivery
-    if not event_log.settle(
-        logged.primary_id,
-        outcome=outcome,
-        http_status=200,
-        response=answer,
-        duration_ms=_elapsed_ms(started),
-        attempted=True,
-    ):
-        raise _SettledAlready(logged.primary_id)
-    return logged
-
-
-def _answer_repeat(delivery: Arrival | LoggedDelivery, stored: tuple[int, dict], *, started: float) -> Answer:
-    """A repeat of a settled body: its own row records the stored answer, which it gets."""
-    status, answer = stored
-    if isinstance(delivery, Arrival):
-        delivery = event_log.record(
-            delivery,
-            outcome=IoTEventOutcome.DUPLICATE,
-            http_status=status,
-            response=answer,
-            duration_ms=_elapsed_ms(started),
-        )
-    return Answer(status, answer, outcome=IoTEventOutcome.DUPLICATE, event_id=delivery.event_id)
+            logger.warning(
+                "Event %s: %s on attempt %d, retrying", logged.event_id, type(exc).__name__, attempt
+            )
 
 
 MAX_ATTEMPTS = 3
@@ -260,19 +191,16 @@ def _is_retryable(exc: Exception) -> bool:
     return getattr(exc.__cause__, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
-def _log_refusal(delivery: Arrival | LoggedDelivery, error: ApiError, *, started: float) -> LoggedDelivery:
+def _settle_refused(logged: LoggedDelivery, error: ApiError, *, started: float) -> None:
     """A refusal is the delivery's own answer: REJECTED, or DUPLICATE for a repeat."""
-    answer = {
-        "http_status": error.status_code,
-        "response": error.payload(),
-        "duration_ms": _elapsed_ms(started),
-        "error": event_log.operator_error(error),
-    }
-    if isinstance(delivery, Arrival):
-        # A repeat's row is logged DUPLICATE, whatever the outcome given.
-        return event_log.record(delivery, outcome=IoTEventOutcome.REJECTED, **answer)
-    event_log.settle(delivery.event_id, outcome=_refused_outcome(delivery), **answer)
-    return delivery
+    event_log.settle(
+        logged.event_id,
+        outcome=IoTEventOutcome.DUPLICATE if logged.is_repeat else IoTEventOutcome.REJECTED,
+        http_status=error.status_code,
+        response=error.payload(),
+        duration_ms=_elapsed_ms(started),
+        error=event_log.operator_error(error),
+    )
 
 
 def _settle_failed(logged: LoggedDelivery, error: ApiError, exc: Exception, *, started: float) -> None:
@@ -301,9 +229,15 @@ def _refused_outcome(logged: LoggedDelivery) -> IoTEventOutcome:
     return IoTEventOutcome.DUPLICATE if logged.is_repeat else IoTEventOutcome.REJECTED
 
 
-def _logged(delivery: Arrival | LoggedDelivery) -> LoggedDelivery:
-    """The delivery's row: logged now (RECEIVED) if it is an arrival."""
-    return event_log.record(delivery) if isinstance(delivery, Arrival) else delivery
+def _record(body: Body, *, source_ip: str | None, started: float) -> LoggedDelivery:
+    try:
+        return event_log.record(body, source_ip=source_ip)
+    except Exception as exc:
+        # Not logged, so no outcome of its own: counted FAILED, as the sender gets a 5xx
+        # and sends the body again. The exception handler answers it.
+        status = ServiceUnavailable.status_code if is_database_unavailable(exc) else ApiError.status_code
+        _account(body, None, IoTEventOutcome.FAILED, status, None, started)
+        raise
 
 
 # A body timestamp outside this range is not a time (refused by validation anyway).
@@ -311,12 +245,7 @@ _PLAUSIBLE_TIMESTAMPS = range(1, 10**11)
 
 
 def _account(
-    body: Body,
-    event_id: int | None,
-    outcome: IoTEventOutcome,
-    http_status: int,
-    code: str | None,
-    started: float,
+    body: Body, event_id: int | None, outcome: IoTEventOutcome, http_status: int, code: str | None, started: float
 ) -> None:
     """The delivery's metrics and its one log line, after it is settled (no query)."""
     context = request_context.current()

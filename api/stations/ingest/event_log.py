@@ -1,19 +1,16 @@
 """
 The event log: one row per delivery that passed the signature check, and its outcome.
 
-A delivery that is applied is logged inside the transaction that applies it, as that
-transaction's last write and with its answer, so that applying it and logging it commit
-together, once. A delivery that is refused, or whose processing fails and rolls back, is
-logged afterwards in autocommit, with its answer: every answer the sender got has its row
-(docs/design.md, rule 1). The first delivery of a body owns the body's digest (the body's
+A delivery's row is written first, in autocommit, so that it survives whatever happens to
+the processing after it. The first delivery of a body owns the body's digest (the body's
 "primary" row), carries the body's outcome and keeps the body; later deliveries of the
 same bytes (the sender retries the identical body with a new signature; anyone can replay
 it) are rows of their own, `duplicate_of` the primary, with the body's size but no copy of
 it: a 1 MiB body replayed a thousand times is stored once.
 
-Every outcome written to an existing row is written by `settle`, and `settle` never
-overwrites a settled row (PROCESSED or STALE): a body applied once is never reported as
-failed later, so it is never applied again.
+Every outcome is written by `settle`, and `settle` never overwrites a settled row
+(PROCESSED or STALE): a body applied once is never reported as failed later, so it is
+never applied again.
 """
 
 import hashlib
@@ -41,19 +38,6 @@ RAW_BODY_KEPT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class Arrival:
-    """A delivery not logged yet: its body, where it came from, and when it arrived."""
-
-    body: Body
-    source_ip: str | None
-    received_at: Any
-
-    @classmethod
-    def now(cls, body: Body, source_ip: str | None) -> "Arrival":
-        return cls(body, source_ip, timezone.now())
-
-
-@dataclass(frozen=True, slots=True)
 class LoggedDelivery:
     """A delivery's row, and the row of the body's first delivery (itself, the first time)."""
 
@@ -70,22 +54,13 @@ _PAYLOAD = IoTEvent._meta.get_field("payload")
 _RAW_BODY = IoTEvent._meta.get_field("raw_body")
 _DUPLICATE_OF = IoTEvent._meta.get_field("duplicate_of")
 _RECEIVED_AT = IoTEvent._meta.get_field("received_at")
-_OUTCOME = IoTEvent._meta.get_field("outcome")
-_ATTEMPTS = IoTEvent._meta.get_field("attempts")
-_PROCESSED_AT = IoTEvent._meta.get_field("processed_at")
-# Every column but the key and the link to the first delivery, which the statement works out.
+# Every column but the key, the link to the first delivery and the body, which depend on
+# whether the digest has a first delivery already.
 _INSERT_FIELDS = [
-    field for field in IoTEvent._meta.concrete_fields if not field.primary_key and field is not _DUPLICATE_OF
+    field
+    for field in IoTEvent._meta.concrete_fields
+    if not field.primary_key and field not in (_DUPLICATE_OF, _PAYLOAD, _RAW_BODY)
 ]
-# What a repeat's row holds instead of what it was given: it is a DUPLICATE, and the body,
-# the processing attempt and the time applied belong to the first delivery's row.
-_AS_REPEAT = {
-    _OUTCOME: f"'{IoTEventOutcome.DUPLICATE.value}'",
-    _ATTEMPTS: "0",
-    _PROCESSED_AT: "NULL",
-    _PAYLOAD: "NULL",
-    _RAW_BODY: "''",
-}
 
 
 class EventId(int):
@@ -110,32 +85,34 @@ def _insert_sql() -> str:
     up and inserts this delivery's row as the first (with the body) or as a repeat of it
     (without). On PostgreSQL the lookup is `stations_iotevent_primary` (migrations 0007 and
     0009): across the partitions of the last `IOT_EVENT_REPEAT_DAYS` days, under an advisory
-    lock on the digest held to the end of the transaction, with a snapshot of its own, so
-    two deliveries of one body at the same moment (on either side of midnight too) make one
-    first delivery and one repeat. On SQLite a write statement holds the database's write
-    lock, so the lookup and the insert cannot interleave with another.
+    lock on the digest, with a snapshot of its own, so two deliveries of one body at the
+    same moment (on either side of midnight too) make one first delivery and one repeat.
+    On SQLite a write statement holds the database's write lock, so the lookup and the
+    insert cannot interleave with another.
     Each day's (PostgreSQL) or the table's (SQLite) unique index on first deliveries'
     digests stays as the database's guard.
     """
     postgres = connection.vendor == "postgresql"
 
-    def value(field) -> str:
+    def param(field) -> str:
         # An INSERT ... SELECT gives no column type to a bare parameter on PostgreSQL.
-        given = f"%s::{field.db_type(connection)}" if postgres else "%s"
-        if field in _AS_REPEAT:
-            return f"CASE WHEN f.prior IS NULL THEN {given} ELSE {_AS_REPEAT[field]} END"
-        return given
+        return f"%s::{field.db_type(connection)}" if postgres else "%s"
 
-    columns = [*_INSERT_FIELDS, _DUPLICATE_OF]
+    columns = [*_INSERT_FIELDS, _DUPLICATE_OF, _PAYLOAD, _RAW_BODY]
     lookup = (
         f"{event_partitions.PRIMARY_FUNCTION}(%s, %s::timestamptz)"
         if postgres
         else f"(SELECT id FROM {_EVENT_TABLE} WHERE body_sha256 = %s AND duplicate_of_id IS NULL)"
     )
+    values = [param(field) for field in _INSERT_FIELDS]
+    values += [
+        "f.prior",
+        f"CASE WHEN f.prior IS NULL THEN {param(_PAYLOAD)} END",
+        f"CASE WHEN f.prior IS NULL THEN {param(_RAW_BODY)} ELSE '' END",
+    ]
     return (
         f"INSERT INTO {_EVENT_TABLE} ({', '.join(sql.quote(field.column) for field in columns)}) "
-        f"SELECT {', '.join(value(field) for field in _INSERT_FIELDS)}, f.prior "
-        f"FROM (SELECT {lookup} AS prior) f "
+        f"SELECT {', '.join(values)} FROM (SELECT {lookup} AS prior) f "
         # Where the row went (PostgreSQL: the day's partition, or the DEFAULT one).
         f"RETURNING id, duplicate_of_id, {'tableoid::regclass::text' if postgres else 'NULL'}"
     )
@@ -144,58 +121,34 @@ def _insert_sql() -> str:
 _INSERT_SQL: dict[str, str] = {}
 
 
-def record(
-    arrival: Arrival,
-    *,
-    outcome: IoTEventOutcome = IoTEventOutcome.RECEIVED,
-    http_status: int | None = None,
-    response: Any = None,
-    duration_ms: float | None = None,
-    error: str = "",
-    attempted: bool = False,
-) -> LoggedDelivery:
-    """
-    Log a delivery, with its outcome and answer when they are known; a repeat's row is a
-    DUPLICATE whatever `outcome` says. Inside the processing transaction this takes its last
-    locks but the primary's (docs/design.md, lock order); anywhere else it runs in autocommit.
-    """
-    body = arrival.body
+def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
+    """Log a delivery. Runs in autocommit: never inside the processing transaction."""
     event = IoTEvent(
-        received_at=arrival.received_at,
+        received_at=timezone.now(),
         message_type=body.message_type,
         station_serial=body.station_serial,
-        source_ip=arrival.source_ip,
+        source_ip=source_ip,
         body_sha256=hashlib.sha256(body.raw).hexdigest(),
         body_bytes=len(body.raw),
-        # A decoded body is stored as the text it came in: it is valid JSON that the
-        # database can store as it is (`decode` refused what it cannot), and encoding the
-        # decoded object again would cost more than anything else here. Undecodable bytes
-        # and NUL (PostgreSQL text cannot hold it) are kept as text, with U+FFFD.
-        raw_body=(
-            body.raw[:RAW_BODY_KEPT].decode("utf-8", "replace").replace("\x00", "\ufffd")
-            if body.error
-            else ""
-        ),
-        outcome=outcome.value,
-        http_status=http_status,
-        response=as_text(response),
-        error=error,
-        duration_ms=duration_ms,
-        attempts=1 if attempted else 0,
-        processed_at=timezone.now() if outcome in SETTLED else None,
     )
     params = [sql.db_value(field, getattr(event, field.attname)) for field in _INSERT_FIELDS]
-    if body.error is None:
-        params[_INSERT_FIELDS.index(_PAYLOAD)] = body.raw.decode("utf-8")
+    # A decoded body is stored as the text it came in: it is valid JSON that the database
+    # can store as it is (`decode` refused what it cannot), and encoding the decoded object
+    # again would cost more than anything else here. Undecodable bytes and NUL (PostgreSQL
+    # text cannot hold it) are kept as text, with U+FFFD.
+    payload = body.raw.decode("utf-8") if body.error is None else None
+    raw_body = (
+        body.raw[:RAW_BODY_KEPT].decode("utf-8", "replace").replace("\x00", "\ufffd")
+        if body.error
+        else ""
+    )
     statement = _INSERT_SQL.get(connection.vendor) or _INSERT_SQL.setdefault(connection.vendor, _insert_sql())
     lookup = [event.body_sha256]
     if connection.vendor == "postgresql":
         # A repeat of a first delivery received in the last IOT_EVENT_REPEAT_DAYS days. (SQLite's
         # one unique index holds every first delivery kept, so its lookup is not bounded.)
-        lookup.append(
-            sql.db_value(_RECEIVED_AT, event.received_at - timedelta(days=settings.IOT_EVENT_REPEAT_DAYS))
-        )
-    ((event_id, primary_id, partition),) = sql.fetch(statement, [*params, *lookup])
+        lookup.append(sql.db_value(_RECEIVED_AT, event.received_at - timedelta(days=settings.IOT_EVENT_REPEAT_DAYS)))
+    ((event_id, primary_id, partition),) = sql.fetch(statement, [*params, payload, raw_body, *lookup])
     event_id = EventId(event_id, event.received_at, partition)
     if primary_id is None:
         return LoggedDelivery(event_id=event_id, primary_id=event_id)
@@ -248,6 +201,7 @@ _SETTLE_SQL = (
     "duration_ms = %s, processed_at = %s, attempts = attempts + %s "
     "WHERE outcome NOT IN (%s, %s) AND id = %s"
 )
+_PROCESSED_AT = IoTEvent._meta.get_field("processed_at")
 
 
 def settle(

@@ -141,13 +141,14 @@ class AcceptedEventTests(EventLogTestCase):
 
 class SettledMeanwhileTests(EventLogTestCase):
     """
-    Two deliveries of one body in flight at once: the one that logs its answer second
-    finds the body settled, rolls its own changes back and answers what the first answered.
+    Two deliveries of one body in flight at once: the one that writes the outcome second
+    finds it settled, rolls its own changes back and answers what the first answered.
     (The threads version of this race runs on PostgreSQL in test_concurrency.py.)
     """
 
     def test_the_later_delivery_rolls_back_and_answers_the_first_answer(self):
         body = compact(full_payload(banks={1: (BANK, 90)}, timestamp=self.now))
+        logged = event_log.record(decode(body), source_ip="127.0.0.1")
         first_answer = {
             "success": True,
             "message": "Station data updated successfully",
@@ -155,27 +156,20 @@ class SettledMeanwhileTests(EventLogTestCase):
         }
         # What the other delivery committed while this one was being processed: this one
         # does not look before applying (a first delivery has nothing to look at), so the
-        # state is the same as if the commit had landed in the middle.
-        first = event_log.record(
-            event_log.Arrival.now(decode(body), "127.0.0.1"),
-            outcome=IoTEventOutcome.PROCESSED,
-            http_status=200,
-            response=first_answer,
-            attempted=True,
+        # state is the same as if the write had landed in the middle.
+        IoTEvent.objects.filter(pk=logged.event_id).update(
+            outcome=IoTEventOutcome.PROCESSED, http_status=200, response=json.dumps(first_answer)
         )
 
         with spy_on_service() as service:
-            answer = delivery._run(event_log.Arrival.now(decode(body), "127.0.0.1"), decode(body), started=0.0)
+            answer = delivery._run(logged, decode(body), started=0.0)
 
         self.assertEqual(service.call_count, 1)
-        self.assertEqual((answer.status, answer.body, answer.outcome), (200, first_answer, IoTEventOutcome.DUPLICATE))
+        self.assertEqual((answer.status, answer.body), (200, first_answer))
         # This delivery's own sync was rolled back with the rest of its transaction.
         self.assertEqual(self.domain_counts(), dict.fromkeys(self.domain_counts(), 0))
-        repeat = IoTEvent.objects.get(pk=answer.event_id)
-        self.assertEqual(repeat.duplicate_of_id, first.event_id)
-        self.assertEqual((repeat.outcome, repeat.attempts, repeat.response_data), ("DUPLICATE", 0, first_answer))
-        self.assertEqual(IoTEvent.objects.get(pk=first.event_id).attempts, 1)
-        self.assertEqual(IoTEvent.objects.count(), 2)
+        event = IoTEvent.objects.get(pk=logged.event_id)
+        self.assertEqual((event.attempts, event.response_data), (0, first_answer))
 
 
 class SettledIsNeverOverwrittenTests(EventLogTestCase):
@@ -213,17 +207,15 @@ class SettledIsNeverOverwrittenTests(EventLogTestCase):
 
     def test_a_late_failure_of_the_first_delivery_leaves_the_repeat_applied_once(self):
         body = compact(full_payload(banks={1: (BANK, 90)}, timestamp=self.now))
-        first = event_log.Arrival.now(decode(body), "127.0.0.1")
+        first = event_log.record(decode(body), source_ip="127.0.0.1")
         # The repeat (the sender's retry) is applied while the first delivery is still in
-        # flight; then the first one fails, and is logged after the repeat.
+        # flight; then the first one fails.
         self.assertEqual(self.sender.post(body).status_code, 200)
         with self.assertLogs("main_app.exceptions", "ERROR"), service_failing(RuntimeError("late")):
             answer = delivery._run(first, decode(body), started=0.0)
 
         self.assertEqual(answer.status, 500)
-        late = IoTEvent.objects.get(pk=answer.event_id)
-        self.assertEqual((late.outcome, late.http_status), (IoTEventOutcome.DUPLICATE, 500))
-        primary = late.duplicate_of
+        primary = IoTEvent.objects.get(pk=first.event_id)
         self.assertEqual(primary.outcome, IoTEventOutcome.PROCESSED)
         # Re-processing finds nothing to do: the body is not applied a second time.
         with spy_on_service() as service:
@@ -281,9 +273,7 @@ class ReplayTests(EventLogTestCase):
         self.assertEqual(first.status_code, 200, first.content)
         self.assertEqual(replay.status_code, 200, replay.content)
         self.assertEqual(replay.content, first.content)
-        # The replay learns that it is one when its row is logged, last in its transaction
-        # (nothing is looked up first): what it applied was rolled back, changing nothing.
-        self.assertEqual(service.call_count, 2)
+        self.assertEqual(service.call_count, 1)
         self.assertEqual(self.domain_counts(), counts)
         self.assertEqual(StationStatusHistory.objects.count(), 1)
         station_after = Station.objects.get()
@@ -667,17 +657,16 @@ class EventLogIndexTests(TestCase):
 class EndpointQueryCountTests(EventLogTestCase):
     """
     A full sync through the endpoint, everything included, for an existing station whose
-    banks stay in their slots with new battery levels: the token's user and its
-    permissions, its own and its groups' (read on every request under the test settings,
-    cached for 10 s otherwise), then in one transaction the station's lock, the banks'
-    lock, the slots, the banks and the station (one statement on PostgreSQL, three
-    elsewhere), and the event-log row with its answer. The same whatever the slot count.
-    Inside a TestCase the transaction is a savepoint and shows as two more queries
-    (SAVEPOINT, RELEASE); in production it is BEGIN and COMMIT, so six in all on PostgreSQL.
+    banks stay in their slots with new battery levels: the event-log INSERT, the token's
+    user and its permissions, its own and its groups' (read on every request under the test
+    settings, cached for 10 s otherwise), the station's lock, the banks' lock, then the slots, the banks and the station (one
+    statement on PostgreSQL, three elsewhere), and the event's outcome. The same whatever
+    the slot count. Inside a TestCase the transaction is a savepoint and shows as two more
+    queries (SAVEPOINT, RELEASE); in production it is BEGIN and COMMIT.
     """
 
     def expected(self) -> int:
-        return 9 if connection.vendor == "postgresql" else 11
+        return 10 if connection.vendor == "postgresql" else 12
 
     def test_a_full_sync_costs_the_same_queries_for_4_24_and_48_slots(self):
         for slots in (4, 24, 48):
