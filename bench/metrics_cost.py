@@ -21,31 +21,14 @@ whole difference. Needs valgrind (Debian's package).
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def instructions(metrics: str, requests: int, database: str) -> int:
-    out = Path(tempfile.mkdtemp(prefix="callgrind-")) / "out"
-    env = dict(os.environ, METRICS_ENABLED=metrics)
-    completed = subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-         str(ROOT / "bench" / "profile_sync.py"), "--database", database, "--stations", "50",
-         "--requests", str(requests)],
-        env=env, cwd=ROOT, capture_output=True, text=True,
-    )
-    found = re.search(r"Collected : (\d+)", completed.stderr)
-    if not found:
-        raise SystemExit(f"callgrind gave no count:\n{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}")
-    shutil.rmtree(out.parent, ignore_errors=True)
-    return int(found.group(1))
+from instructions import per_full_sync  # noqa: E402
 
 
 def main() -> None:
@@ -57,9 +40,7 @@ def main() -> None:
     per_request = {}
     for metrics in ("true", "false"):
         database = f"chargeghar_metrics_cost_{metrics}"
-        idle = instructions(metrics, 0, database)
-        loaded = instructions(metrics, args.requests, database)
-        per_request[metrics] = (loaded - idle) / args.requests
+        per_request[metrics] = per_full_sync(ROOT, args.requests, database, {"METRICS_ENABLED": metrics})
         print(f"METRICS_ENABLED={metrics:<5}  {per_request[metrics] / 1e6:8.3f} M instructions per full sync "
               f"(worker process; {args.requests} full syncs)", flush=True)
     on, off = per_request["true"], per_request["false"]
