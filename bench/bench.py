@@ -550,8 +550,9 @@ class Autovacuum:
     database after every `every` seconds of traffic, paced as autovacuum paces itself (its
     default naptime is 60 s; it also works while traffic runs, as this does).
 
-    Where the sides take turns (`compare`), each side's database is vacuumed only while that
-    side is measured (`serving`), after every `every` seconds of its own traffic, over a
+    Where the sides take turns (`compare`, `per_side`), each side's database is vacuumed only
+    while that side is measured (`serving`), after every `every` seconds of its own traffic
+    (time between windows counts for no one), over a
     connection opened beforehand: the VACUUM runs during the side's own window, takes CPU
     from that side only, and its backend's CPU is counted as that side's PostgreSQL, as an
     autovacuum worker of its database would be. A window ends only once a VACUUM running in
@@ -560,10 +561,10 @@ class Autovacuum:
     Does nothing where the server runs autovacuum itself.
     """
 
-    def __init__(self, pg: str, databases: list[str], every: float = 15.0):
+    def __init__(self, pg: str, databases: list[str], every: float = 15.0, per_side: bool = False):
         import psycopg
 
-        self.pg, self.databases, self.every = pg, databases, every
+        self.pg, self.databases, self.every, self.per_side = pg, databases, every, per_side
         with psycopg.connect(f"{pg}/postgres", autocommit=True) as connection:
             self.needed = connection.execute("SHOW autovacuum").fetchone()[0] != "on"
         self.stop = threading.Event()
@@ -596,7 +597,10 @@ class Autovacuum:
         tick, last = 0.25, time.monotonic()
         while not self.stop.wait(tick):
             now = time.monotonic()
-            busy = [self.active] if self.active else self.databases
+            if self.per_side:
+                busy = [self.active] if self.active else []
+            else:
+                busy = self.databases
             for database in busy:
                 self.traffic[database] += now - last
             last = now
@@ -858,7 +862,7 @@ def compare(args) -> None:
         for side in sides:
             warm_up(side.target, args.stations, args.slots, args.occupancy)
             analyze(args.pg, side.database)
-        autovacuum = Autovacuum(args.pg, [side.database for side in sides])
+        autovacuum = Autovacuum(args.pg, [side.database for side in sides], per_side=True)
         print(autovacuum.describe())
         print("CPU: server CPU per full sync, gunicorn (master and workers) plus PostgreSQL (the side's backends, "
               "its VACUUM included, and the server's background processes), from /proc; the load generator "
