@@ -226,6 +226,16 @@ class AcceptedRequestTests(EndpointTestCase):
 
         self.assertAccepted(response)
 
+    def test_any_accept_header_is_answered_in_json_and_the_message_applied(self):
+        for accept in ("text/html", "application/xml;q=0.9", "*/*", "application/json; indent=4"):
+            with self.subTest(accept=accept):
+                Station.objects.filter(serial_number=NEW_SERIAL).delete()
+                IoTEvent.objects.all().delete()
+                response = self.post(HTTP_ACCEPT=accept)
+
+                self.assertEqual(response["Content-Type"], "application/json")
+                self.assertAccepted(response)
+
 
 class IpAllowlistTests(EndpointTestCase):
     @override_settings(IOT_SYSTEM_ALLOWED_IPS=["203.0.113.7"])

@@ -10,8 +10,10 @@ sender got.
 
 from drf_spectacular.utils import extend_schema
 from rest_framework.exceptions import APIException
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -38,6 +40,21 @@ class CanPushStationData(BasePermission):
         return bool(user and user.is_staff and user.has_perm(PUSH_STATION_DATA))
 
 
+class JsonWhateverTheAcceptHeader(BaseContentNegotiation):
+    """
+    The sender is a machine that reads JSON answers only: the endpoint answers JSON whatever
+    its Accept header says, and does not parse the header (DRF's documented way to ignore
+    the client, IgnoreClientContentNegotiation). With DRF's default a stray `Accept:
+    text/html` would make a valid message a 406 and leave it unapplied.
+    """
+
+    def select_parser(self, request, parsers):
+        return parsers[0]
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 def _source_ip(request) -> str | None:
     # The middleware worked out the client's address (behind trusted proxies, the forwarded one).
     return getattr(request._request, "iot_client_ip", None) or request.META.get("REMOTE_ADDR")
@@ -50,6 +67,8 @@ class StationDataInternalView(APIView):
     # Declared for the schema only: the body is read raw (it was signed as bytes) and
     # decoded once by the ingest pipeline; request.data is never touched.
     parser_classes = [JSONParser]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = JsonWhateverTheAcceptHeader
 
     def initial(self, request, *args, **kwargs):
         try:
