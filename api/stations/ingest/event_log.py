@@ -119,19 +119,39 @@ def _insert_sql() -> str:
 
 
 _INSERT_SQL: dict[str, str] = {}
+_DEFAULT_PARAMS: dict[str, dict[str, Any]] = {}
+
+
+def _row_params(**values: Any) -> list:
+    """
+    The values of `_INSERT_FIELDS` for a new row: the delivery's own, converted for the
+    database, and every other column's default (RECEIVED, no answer yet), converted once
+    per database vendor, not per message.
+    """
+    defaults = _DEFAULT_PARAMS.get(connection.vendor)
+    if defaults is None:
+        defaults = _DEFAULT_PARAMS.setdefault(
+            connection.vendor,
+            {field.name: sql.db_value(field, field.get_default()) for field in _INSERT_FIELDS},
+        )
+    return [
+        sql.db_value(field, values[field.name]) if field.name in values else defaults[field.name]
+        for field in _INSERT_FIELDS
+    ]
 
 
 def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
     """Log a delivery. Runs in autocommit: never inside the processing transaction."""
-    event = IoTEvent(
-        received_at=timezone.now(),
+    received_at = timezone.now()
+    body_sha256 = hashlib.sha256(body.raw).hexdigest()
+    params = _row_params(
+        received_at=received_at,
         message_type=body.message_type,
         station_serial=body.station_serial,
         source_ip=source_ip,
-        body_sha256=hashlib.sha256(body.raw).hexdigest(),
+        body_sha256=body_sha256,
         body_bytes=len(body.raw),
     )
-    params = [sql.db_value(field, getattr(event, field.attname)) for field in _INSERT_FIELDS]
     # A decoded body is stored as the text it came in: it is valid JSON that the database
     # can store as it is (`decode` refused what it cannot), and encoding the decoded object
     # again would cost more than anything else here. Undecodable bytes and NUL (PostgreSQL
@@ -143,13 +163,13 @@ def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
         else ""
     )
     statement = _INSERT_SQL.get(connection.vendor) or _INSERT_SQL.setdefault(connection.vendor, _insert_sql())
-    lookup = [event.body_sha256]
+    lookup = [body_sha256]
     if connection.vendor == "postgresql":
         # A repeat of a first delivery received in the last IOT_EVENT_REPEAT_DAYS days. (SQLite's
         # one unique index holds every first delivery kept, so its lookup is not bounded.)
-        lookup.append(sql.db_value(_RECEIVED_AT, event.received_at - timedelta(days=settings.IOT_EVENT_REPEAT_DAYS)))
+        lookup.append(sql.db_value(_RECEIVED_AT, received_at - timedelta(days=settings.IOT_EVENT_REPEAT_DAYS)))
     ((event_id, primary_id, partition),) = sql.fetch(statement, [*params, payload, raw_body, *lookup])
-    event_id = EventId(event_id, event.received_at, partition)
+    event_id = EventId(event_id, received_at, partition)
     if primary_id is None:
         return LoggedDelivery(event_id=event_id, primary_id=event_id)
     return LoggedDelivery(event_id=event_id, primary_id=primary_id)
