@@ -13,6 +13,11 @@ checkout's (its bench/profile_sync.py, its application), run with this interpret
     .venv/bin/python bench/instructions.py                        # this checkout, 300 full syncs
     git worktree add /tmp/before <commit> && ln -s "$PWD/.venv" /tmp/before/.venv
     .venv/bin/python bench/instructions.py --root /tmp/before     # the same, for <commit>
+    .venv/bin/python bench/instructions.py --limit-dir <limit_app folder>   # this checkout and the limit
+
+With --limit-dir the bare limit app is counted too, through the same script and bodies, and
+the ratio printed: the worker's share of the comparison `compare` makes, in a unit this
+machine's moods do not move.
 
 PostgreSQL's own work is not counted here (bench/cpu_split.py --statements shows its
 statements). Needs valgrind (Debian's package).
@@ -32,13 +37,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def instructions(root: Path, requests: int, database: str, env: dict[str, str] | None = None) -> int:
-    """Instructions the worker's process executes for `requests` full syncs, start-up included."""
+def instructions(
+    root: Path,
+    requests: int,
+    database: str,
+    env: dict[str, str] | None = None,
+    limit_dir: Path | None = None,
+    load_only: bool = False,
+) -> int:
+    """
+    Instructions the worker's process executes for `requests` full syncs, start-up included:
+    of `root`'s application, or of the limit app in `limit_dir` (through `root`'s script).
+    """
     out = Path(tempfile.mkdtemp(prefix="callgrind-")) / "out"
     completed = subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
          str(root / "bench" / "profile_sync.py"), "--database", database, "--stations", "50",
-         "--requests", str(requests)],
+         "--requests", str(requests), *(["--limit-dir", str(limit_dir)] if limit_dir else []),
+         *(["--load-only"] if load_only else [])],
         env=dict(os.environ, **(env or {})), cwd=root, capture_output=True, text=True,
     )
     found = re.search(r"Collected : (\d+)", completed.stderr)
@@ -48,9 +64,17 @@ def instructions(root: Path, requests: int, database: str, env: dict[str, str] |
     return int(found.group(1))
 
 
-def per_full_sync(root: Path, requests: int, database: str, env: dict[str, str] | None = None) -> float:
-    base = instructions(root, 0, database, env)
-    return (instructions(root, requests, database, env) - base) / requests
+def per_full_sync(
+    root: Path, requests: int, database: str, env: dict[str, str] | None = None, limit_dir: Path | None = None
+) -> float:
+    base = instructions(root, 0, database, env, limit_dir)
+    return (instructions(root, requests, database, env, limit_dir) - base) / requests
+
+
+def application_only(root: Path, requests: int, database: str, limit_dir: Path | None = None) -> float:
+    """Per full sync, the application's own: the load (building and signing bodies) subtracted."""
+    load = instructions(root, requests, database, limit_dir=limit_dir, load_only=True)
+    return (instructions(root, requests, database, limit_dir=limit_dir) - load) / requests
 
 
 def main() -> None:
@@ -58,6 +82,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to measure")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--database", default="chargeghar_instructions")
+    parser.add_argument("--limit-dir", type=Path, default=None, help="also count the bare limit app in this folder")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -66,6 +91,12 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
     print(f"{count / 1e6:.3f} M instructions per full sync (worker process; {args.requests} full syncs; "
           f"{root}, commit {commit.stdout.strip() or 'unknown'})")
+    if args.limit_dir:
+        ours = application_only(root, args.requests, args.database)
+        limit = application_only(ROOT, args.requests, args.database, limit_dir=args.limit_dir.resolve())
+        print(f"{ours / 1e6:.3f} M of them the application's own (building and signing the bodies subtracted)")
+        print(f"{limit / 1e6:.3f} M instructions per full sync, the limit's application ({args.limit_dir})")
+        print(f"ours against the limit, the application's instructions in the worker: {ours / limit:.2f}x")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Where one full sync spends its CPU: this project's WSGI application called in-pr
     .venv/bin/python bench/profile_sync.py --queries           # plus the SQL of one request
     .venv/bin/python bench/profile_sync.py --gc-stats          # plus the garbage collector's pauses
     .venv/bin/python bench/profile_sync.py --cpu-profile       # plus the worker's CPU time by function (cProfile)
+    .venv/bin/python bench/profile_sync.py --limit-dir <limit_app folder>   # the same for the bare limit
 
 The PostgreSQL backend's CPU is read from /proc (the server runs on this machine).
 """
@@ -54,29 +55,23 @@ def main() -> None:
     parser.add_argument("--pyinstrument", action="store_true")
     parser.add_argument("--queries", action="store_true")
     parser.add_argument("--gc-stats", action="store_true", help="count and time garbage collections")
+    parser.add_argument("--limit-dir", type=Path, default=None,
+                        help="measure the bare limit app in this folder (its limit_app.py) instead of this project")
+    parser.add_argument("--load-only", action="store_true",
+                        help="build and sign the measured requests but hand them to an application that does nothing")
     parser.add_argument("--cpu-profile", action="store_true",
                         help="cProfile timed by process CPU time: where the worker's CPU goes, waits excluded")
     args = parser.parse_args()
 
-    recreate_database(args.pg, args.database)
-    env = our_env(args.pg, args.database)
-    run([OUR_PYTHON, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT)
-    token = run([OUR_PYTHON, "manage.py", "shell", "-c", OUR_TOKEN_SCRIPT], env=env, cwd=ROOT).strip().splitlines()[-1]
-    os.environ.update(env)
-    # One connection for the whole run, so its backend's CPU can be read.
-    os.environ["DATABASE_CONN_MAX_AGE"] = "86400"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "main_app.settings")
-    sys.path.insert(0, str(ROOT))
-    os.chdir(ROOT)
-
-    from django.db import connection
-
-    from main_app.wsgi import application
+    if args.limit_dir:
+        application, token, database_backend = _limit_application(args)
+    else:
+        application, token, database_backend = _our_application(args)
 
     make_body = full_sync_bodies(args.stations, args.slots, 0.7, random.Random(1))
     statuses: dict[str, int] = {}
 
-    def call(n: int) -> None:
+    def call(n: int, app=application) -> None:
         body = make_body(n)
         timestamp = int(time.time())
         environ = {
@@ -106,7 +101,7 @@ def main() -> None:
         def start_response(status, headers, exc_info=None):
             statuses[status] = statuses.get(status, 0) + 1
 
-        result = application(environ, start_response)
+        result = app(environ, start_response)
         b"".join(result)
         if hasattr(result, "close"):
             result.close()
@@ -115,13 +110,11 @@ def main() -> None:
     # statements are warm, as in a long-running worker.
     for n in range(3 * args.stations):
         call(n)
-    with connection.cursor() as cursor:
-        # A production database has planner statistics; this one was filled seconds ago.
-        cursor.execute("ANALYZE")
-        cursor.execute("SELECT pg_backend_pid()")
-        backend = cursor.fetchone()[0]
+    # A production database has planner statistics; this one was filled seconds ago.
+    backend = database_backend()
 
-    if args.queries:
+    if args.queries and not args.limit_dir:
+        from django.db import connection
         from django.test.utils import CaptureQueriesContext
 
         with CaptureQueriesContext(connection) as captured:
@@ -133,6 +126,9 @@ def main() -> None:
     if not args.requests:  # start-up and warm-up only (bench/metrics_cost.py subtracts them)
         print("warmed up; no measured requests")
         return
+    # --load-only: every body built, signed and handed over as a request would be, to an
+    # application that does nothing (bench/instructions.py subtracts what the load costs).
+    measured = _nothing if args.load_only else application
 
     # The body generator (the load generator's work) is timed on its own and subtracted.
     started = time.process_time()
@@ -167,7 +163,7 @@ def main() -> None:
     statuses.clear()
     cpu, pg, wall = time.process_time(), backend_cpu_seconds(backend), time.perf_counter()
     for n in range(args.requests):
-        call(n)
+        call(n, measured)
     cpu, pg, wall = time.process_time() - cpu, backend_cpu_seconds(backend) - pg, time.perf_counter() - wall
     if profiler:
         profiler.disable() if args.cpu_profile else profiler.stop()
@@ -194,6 +190,62 @@ def main() -> None:
         stats.sort_stats("tottime").print_stats(30)
     elif profiler:
         print(profiler.output_text(unicode=True, color=False, show_all=bool(os.environ.get("PROFILE_ALL"))))
+
+
+def _nothing(environ, start_response):
+    start_response("204 No Content", [])
+    return [b""]
+
+
+def _our_application(args):
+    """This project's WSGI application on a fresh, migrated database, and a sender's token."""
+    recreate_database(args.pg, args.database)
+    env = our_env(args.pg, args.database)
+    run([OUR_PYTHON, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT)
+    token = run([OUR_PYTHON, "manage.py", "shell", "-c", OUR_TOKEN_SCRIPT], env=env, cwd=ROOT).strip().splitlines()[-1]
+    os.environ.update(env)
+    # One connection for the whole run, so its backend's CPU can be read.
+    os.environ["DATABASE_CONN_MAX_AGE"] = "86400"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "main_app.settings")
+    sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)
+
+    from django.db import connection
+
+    from main_app.wsgi import application
+
+    def backend() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
+            cursor.execute("SELECT pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    return application, token, backend
+
+
+def _limit_application(args):
+    """
+    The bare limit (`limit_app.py` in --limit-dir, imported from there, never copied) on a
+    fresh database, and a token for it: the same bodies, signatures and calls as ours.
+    """
+    limit_dir = Path(args.limit_dir).resolve()
+    database = args.database + "_limit"
+    recreate_database(args.pg, database)
+    dsn = f"{args.pg}/{database}"
+    run([OUR_PYTHON, "limit_app.py", "--init", dsn], env=os.environ, cwd=limit_dir)
+    key = "profile-limit-jwt-" + "k" * 32
+    token = run([OUR_PYTHON, "limit_app.py", "--token", key], env=os.environ, cwd=limit_dir).strip().splitlines()[-1]
+    os.environ.update(LIMIT_DSN=dsn, LIMIT_SECRET=SECRET, LIMIT_JWT_KEY=key)
+    sys.path.insert(0, str(limit_dir))
+    import limit_app
+
+    def backend() -> int:
+        # The limit's connection of this thread, the one its requests use.
+        connection = limit_app._conn()
+        connection.execute("ANALYZE")
+        return connection.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    return limit_app.app, token, backend
 
 
 if __name__ == "__main__":
