@@ -79,7 +79,7 @@ class EventId(int):
         return event_id
 
 
-def _insert_sql() -> str:
+def _insert_sql(*, asynchronous: bool) -> str:
     """
     One statement for every delivery, first or repeat: it looks the digest's first delivery
     up and inserts this delivery's row as the first (with the body) or as a repeat of it
@@ -91,6 +91,9 @@ def _insert_sql() -> str:
     insert cannot interleave with another.
     Each day's (PostgreSQL) or the table's (SQLite) unique index on first deliveries'
     digests stays as the database's guard.
+
+    `asynchronous` (PostgreSQL, in autocommit) makes the statement's own commit asynchronous:
+    see `record`.
     """
     postgres = connection.vendor == "postgresql"
 
@@ -112,13 +115,15 @@ def _insert_sql() -> str:
     ]
     return (
         f"INSERT INTO {_EVENT_TABLE} ({', '.join(sql.quote(field.column) for field in columns)}) "
-        f"SELECT {', '.join(values)} FROM (SELECT {lookup} AS prior) f "
+        f"SELECT {', '.join(values)} FROM (SELECT {lookup} AS prior{_ASYNCHRONOUS_COMMIT if asynchronous else ''}) f "
         # Where the row went (PostgreSQL: the day's partition, or the DEFAULT one).
         f"RETURNING id, duplicate_of_id, {'tableoid::regclass::text' if postgres else 'NULL'}"
     )
 
 
-_INSERT_SQL: dict[str, str] = {}
+# For this statement's transaction only (`is_local`): in autocommit, the INSERT's own.
+_ASYNCHRONOUS_COMMIT = ", set_config('synchronous_commit', 'off', true)"
+_INSERT_SQL: dict[tuple[str, bool], str] = {}
 _DEFAULT_PARAMS: dict[str, dict[str, Any]] = {}
 
 
@@ -141,7 +146,18 @@ def _row_params(**values: Any) -> list:
 
 
 def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
-    """Log a delivery. Runs in autocommit: never inside the processing transaction."""
+    """
+    Log a delivery. Runs in autocommit: never inside the processing transaction.
+
+    On PostgreSQL the row's commit is asynchronous (`synchronous_commit` off for that one
+    transaction): the row is committed and seen at once, and made durable by the next
+    synchronous commit, which every delivery makes before it is answered (the processing
+    transaction's, or the UPDATE that settles a refusal, a repeat or a failure), as WAL is
+    flushed in order. A synchronous commit waits for the WAL to reach the disk, once per
+    message is enough, and the row can be lost only if PostgreSQL itself stops in the
+    moment between, when the sender has had no answer and delivers the body again
+    (docs/decisions.md; docs/performance.md has what it saves).
+    """
     received_at = timezone.now()
     body_sha256 = hashlib.sha256(body.raw).hexdigest()
     params = _row_params(
@@ -162,7 +178,9 @@ def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
         if body.error
         else ""
     )
-    statement = _INSERT_SQL.get(connection.vendor) or _INSERT_SQL.setdefault(connection.vendor, _insert_sql())
+    # Inside a transaction (a test's) the setting would last until that transaction's end.
+    key = (connection.vendor, connection.vendor == "postgresql" and not connection.in_atomic_block)
+    statement = _INSERT_SQL.get(key) or _INSERT_SQL.setdefault(key, _insert_sql(asynchronous=key[1]))
     lookup = [body_sha256]
     if connection.vendor == "postgresql":
         # A repeat of a first delivery received in the last IOT_EVENT_REPEAT_DAYS days. (SQLite's

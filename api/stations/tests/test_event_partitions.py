@@ -387,6 +387,42 @@ class MidnightRaceTests(TransactionTestCase):
         self.assertNotEqual(partition_of(results["before"].event_id), partition_of(results["after"].event_id))
 
 
+def synchronous_commit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        return cursor.fetchone()[0]
+
+
+@unittest.skipUnless(ON_POSTGRES, SKIP_REASON)
+class AsynchronousLogCommitTests(TransactionTestCase):
+    """The log row's own commit is asynchronous; nothing else's is (event_log.record)."""
+
+    def test_the_row_is_committed_at_once_and_the_setting_ends_with_its_statement(self):
+        self.assertEqual(synchronous_commit(), "on")
+        logged = event_log.record(decode(compact(status_payload("ONLINE", timestamp=now_ts()))), source_ip=None)
+
+        self.assertEqual(synchronous_commit(), "on")
+        seen = {}
+
+        def other_connection():
+            try:
+                seen["row"] = IoTEvent.objects.filter(pk=logged.event_id).exists()
+            finally:
+                connections.close_all()
+
+        reader = threading.Thread(target=other_connection)
+        reader.start()
+        reader.join(10)
+        self.assertIs(seen["row"], True)
+
+    def test_inside_a_transaction_the_row_leaves_that_transactions_commit_synchronous(self):
+        with transaction.atomic():
+            event_log.record(decode(compact(status_payload("ONLINE", timestamp=now_ts()))), source_ip=None)
+
+            self.assertEqual(synchronous_commit(), "on")
+        self.assertEqual(IoTEvent.objects.count(), 1)
+
+
 @override_settings(IOT_EVENT_PAYLOAD_DAYS=7, IOT_EVENT_KEEP_DAYS=90)
 class RetentionTests(TestCase):
     """The same rules on every database (on PostgreSQL the old rows start in the DEFAULT
