@@ -178,11 +178,13 @@ def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
         if body.error
         else ""
     )
+    postgres = connection.vendor == "postgresql"
     # Inside a transaction (a test's) the setting would last until that transaction's end.
-    key = (connection.vendor, connection.vendor == "postgresql" and not connection.in_atomic_block)
-    statement = _INSERT_SQL.get(key) or _INSERT_SQL.setdefault(key, _insert_sql(asynchronous=key[1]))
+    asynchronous = postgres and not connection.in_atomic_block
+    key = (connection.vendor, asynchronous)
+    statement = _INSERT_SQL.get(key) or _INSERT_SQL.setdefault(key, _insert_sql(asynchronous=asynchronous))
     lookup = [body_sha256]
-    if connection.vendor == "postgresql":
+    if postgres:
         # A repeat of a first delivery received in the last IOT_EVENT_REPEAT_DAYS days. (SQLite's
         # one unique index holds every first delivery kept, so its lookup is not bounded.)
         lookup.append(sql.db_value(_RECEIVED_AT, received_at - timedelta(days=settings.IOT_EVENT_REPEAT_DAYS)))
