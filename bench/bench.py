@@ -809,15 +809,25 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return tuple(ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.25, 0.5, 0.75))
 
 
+def prepare_limit(pg: str, database: str, limit_dir: Path) -> tuple[dict[str, str], str]:
+    """
+    The bare limit's tables on a fresh database, made by its own `limit_app.py` (run from its
+    folder with our interpreter: it needs psycopg and PyJWT): the environment it reads and a
+    bearer token for it.
+    """
+    recreate_database(pg, database)
+    dsn = f"{pg}/{database}"
+    run([OUR_PYTHON, "limit_app.py", "--init", dsn], env=os.environ, cwd=limit_dir)
+    key = "bench-limit-jwt-" + "k" * 32
+    token = run([OUR_PYTHON, "limit_app.py", "--token", key], env=os.environ, cwd=limit_dir).strip().splitlines()[-1]
+    return {"LIMIT_DSN": dsn, "LIMIT_SECRET": SECRET, "LIMIT_JWT_KEY": key}, token
+
+
 def limit_side(args, port: int) -> Side:
     """The bare limit, run from its own folder with our interpreter (it needs psycopg, PyJWT, gunicorn)."""
     database = "bench_limit"
-    recreate_database(args.pg, database)
-    dsn = f"{args.pg}/{database}"
-    run([OUR_PYTHON, "limit_app.py", "--init", dsn], env=os.environ, cwd=LIMIT_DIR)
-    key = "bench-limit-jwt-" + "k" * 32
-    token = run([OUR_PYTHON, "limit_app.py", "--token", key], env=os.environ, cwd=LIMIT_DIR).strip().splitlines()[-1]
-    env = dict(os.environ, LIMIT_DSN=dsn, LIMIT_SECRET=SECRET, LIMIT_JWT_KEY=key)
+    limit_env, token = prepare_limit(args.pg, database, LIMIT_DIR)
+    env = dict(os.environ, **limit_env)
     command = gunicorn_command(OUR_PYTHON, port, args.workers, args.threads)
     command[1] = "limit_app:app"
     return Side(Target("limit", port, f"Bearer {token}"), database, command, env, LIMIT_DIR)

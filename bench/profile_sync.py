@@ -34,6 +34,7 @@ from bench import (  # noqa: E402
     SECRET,
     full_sync_bodies,
     our_env,
+    prepare_limit,
     recreate_database,
     run,
     wire,
@@ -229,13 +230,8 @@ def _limit_application(args):
     fresh database, and a token for it: the same bodies, signatures and calls as ours.
     """
     limit_dir = Path(args.limit_dir).resolve()
-    database = args.database + "_limit"
-    recreate_database(args.pg, database)
-    dsn = f"{args.pg}/{database}"
-    run([OUR_PYTHON, "limit_app.py", "--init", dsn], env=os.environ, cwd=limit_dir)
-    key = "profile-limit-jwt-" + "k" * 32
-    token = run([OUR_PYTHON, "limit_app.py", "--token", key], env=os.environ, cwd=limit_dir).strip().splitlines()[-1]
-    os.environ.update(LIMIT_DSN=dsn, LIMIT_SECRET=SECRET, LIMIT_JWT_KEY=key)
+    limit_env, token = prepare_limit(args.pg, args.database + "_limit", limit_dir)
+    os.environ.update(limit_env)
     sys.path.insert(0, str(limit_dir))
     import limit_app
 
