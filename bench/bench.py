@@ -546,41 +546,74 @@ class Autovacuum:
     server runs with the CI configuration, `autovacuum = off`). Without it every update leaves
     a dead row version behind for good: after a few minutes of full syncs the 200-row station
     table holds tens of thousands of them, every lookup wades through them, and the run
-    measures a database no production server would have. This VACUUMs each benchmark
-    database after every `every` seconds of traffic, paced as autovacuum paces itself (its
-    default naptime is 60 s; it also works while traffic runs, as this does).
+    measures a database no production server would have.
 
-    Where the sides take turns (`compare`, `per_side`), each side's database is vacuumed only
-    while that side is measured (`serving`), after every `every` seconds of its own traffic
-    (time between windows counts for no one), over a
-    connection opened beforehand: the VACUUM runs during the side's own window, takes CPU
-    from that side only, and its backend's CPU is counted as that side's PostgreSQL, as an
-    autovacuum worker of its database would be. A window ends only once a VACUUM running in
-    it has finished. Elsewhere (one server, or servers measured alike) every database's
-    traffic time counts and all are vacuumed in turn.
-    Does nothing where the server runs autovacuum itself.
+    It decides as autovacuum decides, with the server's own autovacuum settings: every
+    `autovacuum_naptime` (60 s by default) of a database's traffic it looks at each table's
+    statistics and VACUUMs the tables with more dead rows than `autovacuum_vacuum_threshold +
+    autovacuum_vacuum_scale_factor x rows` or more rows inserted since their last VACUUM than
+    the insert threshold and scale factor allow, and ANALYZEs those with more changed rows
+    than the analyze threshold and scale factor allow (a table's own storage parameters
+    override the server's, as they do for autovacuum; partitioned tables are left to their
+    partitions). It is paced by `autovacuum_vacuum_cost_delay` and `_cost_limit`, and works
+    while traffic runs, as autovacuum does. `every` instead VACUUMs the whole database after
+    every `every` seconds of its traffic (`--vacuum-every`, the earlier passes' schedule).
+
+    Where the sides take turns (`compare`, `per_side`), each side's database is looked at only
+    while that side is measured (`serving`), after `autovacuum_naptime` (or `every`) seconds
+    of its own traffic (time between windows counts for no one), over a connection opened
+    beforehand: the VACUUM runs during the side's own window, takes CPU from that side only,
+    and its backend's CPU is counted as that side's PostgreSQL, as an autovacuum worker of
+    its database would be. A window ends only once a visit running in it has finished.
+    Elsewhere (one server, or servers measured alike) every database's traffic time counts
+    and all are looked at in turn. Does nothing where the server runs autovacuum itself.
     """
 
-    def __init__(self, pg: str, databases: list[str], every: float = 15.0, per_side: bool = False):
+    SETTINGS = (
+        "autovacuum_naptime", "autovacuum_vacuum_threshold", "autovacuum_vacuum_scale_factor",
+        "autovacuum_vacuum_insert_threshold", "autovacuum_vacuum_insert_scale_factor",
+        "autovacuum_analyze_threshold", "autovacuum_analyze_scale_factor",
+        "autovacuum_vacuum_cost_delay", "autovacuum_vacuum_cost_limit", "vacuum_cost_limit",
+    )
+    # Each table's statistics and its own autovacuum storage parameters. Leaf tables only:
+    # autovacuum never processes a partitioned table itself.
+    TABLES_SQL = """
+        SELECT c.oid::regclass::text, s.n_dead_tup, s.n_ins_since_vacuum, s.n_mod_since_analyze,
+               greatest(c.reltuples, 0), coalesce(c.reloptions, '{}')
+        FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+        WHERE c.relkind IN ('r', 'm')
+        ORDER BY c.oid
+    """
+
+    def __init__(self, pg: str, databases: list[str], every: float | None = None, per_side: bool = False):
         import psycopg
 
-        self.pg, self.databases, self.every, self.per_side = pg, databases, every, per_side
+        self.pg, self.databases, self.per_side = pg, databases, per_side
         with psycopg.connect(f"{pg}/postgres", autocommit=True) as connection:
             self.needed = connection.execute("SHOW autovacuum").fetchone()[0] != "on"
+            self.settings = dict(connection.execute(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", [list(self.SETTINGS)]
+            ).fetchall())
+        self.every = every
+        self.interval = every if every else float(self.settings["autovacuum_naptime"])
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.active: str | None = None
-        self.traffic = dict.fromkeys(databases, 0.0)  # seconds of traffic since its last VACUUM
+        self.traffic = dict.fromkeys(databases, 0.0)  # seconds of traffic since its last visit
         self.vacuuming = threading.Lock()
         self.connections: dict = {}
-        # Every VACUUM run: its database, start and end (time.perf_counter()).
-        self.runs: list[tuple[str, float, float]] = []
+        # Every VACUUM or ANALYZE: its database, start and end (time.perf_counter()), the statement.
+        self.runs: list[tuple[str, float, float, str]] = []
 
     def describe(self) -> str:
         if not self.needed:
             return "autovacuum: the server's own"
-        return (f"autovacuum: off on this server; the script runs VACUUM on each database after every "
-                f"{self.every:.0f} s of its traffic")
+        if self.every:
+            return (f"autovacuum: off on this server; the script runs VACUUM on each database after every "
+                    f"{self.every:.0f} s of its traffic")
+        return (f"autovacuum: off on this server; the script does its work by its rules and this server's "
+                f"settings: after every {self.interval:.0f} s of a database's traffic, VACUUM and ANALYZE of "
+                f"the tables past their thresholds")
 
     @contextmanager
     def serving(self, database: str):
@@ -590,7 +623,7 @@ class Autovacuum:
             yield
         finally:
             self.active = None
-            with self.vacuuming:  # a VACUUM started in this window ends in it
+            with self.vacuuming:  # a visit started in this window ends in it
                 pass
 
     def run(self) -> None:
@@ -605,25 +638,61 @@ class Autovacuum:
                 self.traffic[database] += now - last
             last = now
             for database in busy:
-                if self.traffic[database] >= self.every:
+                if self.traffic[database] >= self.interval:
                     self.traffic[database] = 0.0
                     with self.vacuuming:
-                        started = time.perf_counter()
-                        self.connections[database].execute("VACUUM")
-                        self.runs.append((database, started, time.perf_counter()))
+                        self.visit(database)
+
+    def visit(self, database: str) -> None:
+        connection = self.connections[database]
+        if self.every:
+            self._timed(database, "VACUUM")
+            return
+        for table, dead, inserted, modified, rows, options in connection.execute(self.TABLES_SQL).fetchall():
+            vacuum = dead > self._threshold(options, "vacuum", rows) or (
+                inserted > self._threshold(options, "vacuum_insert", rows)
+            )
+            analyze = modified > self._threshold(options, "analyze", rows)
+            if vacuum or analyze:
+                command = "VACUUM (ANALYZE)" if vacuum and analyze else "VACUUM" if vacuum else "ANALYZE"
+                self._timed(database, f"{command} {table}")
+
+    def _threshold(self, options: list[str], kind: str, rows: float) -> float:
+        own = dict(option.split("=", 1) for option in options)
+
+        def setting(name: str) -> float:
+            return float(own.get(name, self.settings[name]))
+
+        return setting(f"autovacuum_{kind}_threshold") + setting(f"autovacuum_{kind}_scale_factor") * rows
+
+    def _timed(self, database: str, statement: str) -> None:
+        started = time.perf_counter()
+        self.connections[database].execute(statement)
+        self.runs.append((database, started, time.perf_counter(), statement))
+
+    def work(self, database: str, begin: float, end: float) -> str:
+        """What ran on `database` between `begin` and `end` (perf_counter times), and for how long."""
+        done = [(what, finish - start) for name, start, finish, what in self.runs
+                if name == database and start < end and finish > begin]
+        return ", ".join(f"{what} {seconds * 1000:.0f} ms" for what, seconds in done)
 
     def spans(self, database: str) -> list[tuple[float, float]]:
-        return [(start, end) for name, start, end in self.runs if name == database]
+        """When `database` was being vacuumed or analyzed."""
+        return [(start, end) for name, start, end, _ in self.runs if name == database]
 
     def __enter__(self):
         if self.needed:
             import psycopg
 
+            delay = self.settings["autovacuum_vacuum_cost_delay"]
+            limit = self.settings["autovacuum_vacuum_cost_limit"]
+            if limit == "-1":
+                limit = self.settings["vacuum_cost_limit"]
             for database in self.databases:
                 connection = psycopg.connect(f"{self.pg}/{database}", autocommit=True)
-                # Paced as autovacuum paces itself (its default cost delay), rather than as
-                # fast as a manual VACUUM goes.
-                connection.execute("SET vacuum_cost_delay = '2ms'")
+                # Paced as autovacuum paces itself, rather than as fast as a manual VACUUM goes.
+                connection.execute(f"SET vacuum_cost_delay = {float(delay)}")
+                connection.execute(f"SET vacuum_cost_limit = {int(limit)}")
                 self.connections[database] = connection
             self.thread.start()
         return self
@@ -872,7 +941,7 @@ def compare(args) -> None:
         for side in sides:
             warm_up(side.target, args.stations, args.slots, args.occupancy)
             analyze(args.pg, side.database)
-        autovacuum = Autovacuum(args.pg, [side.database for side in sides], per_side=True)
+        autovacuum = Autovacuum(args.pg, [side.database for side in sides], every=args.vacuum_every, per_side=True)
         print(autovacuum.describe())
         print("CPU: server CPU per full sync, gunicorn (master and workers) plus PostgreSQL (the side's backends, "
               "its VACUUM included, and the server's background processes), from /proc; the load generator "
@@ -925,10 +994,12 @@ def compare(args) -> None:
                 during, rest = side.fixed.split(spans)
                 covered = sum(min(end, side.fixed.began + side.fixed.seconds) - max(start, side.fixed.began)
                               for start, end in spans if end > side.fixed.began)
-                print(f"  {side.name} while its VACUUM ran ({len(spans)} runs, {covered:.1f} s of "
+                print(f"  {side.name} while its VACUUM or ANALYZE ran ({len(spans)} runs, {covered:.1f} s of "
                       f"{side.fixed.seconds:.0f}): {len(during.latencies)} requests, p50 {during.pct(0.5):.1f} ms, "
                       f"p99 {during.pct(0.99):.1f} ms; the other {len(rest.latencies)}: p50 {rest.pct(0.5):.1f} ms, "
                       f"p99 {rest.pct(0.99):.1f} ms, max {rest.pct(1.0):.1f} ms")
+                work = autovacuum.work(side.database, side.fixed.began, side.fixed.began + side.fixed.seconds)
+                print(f"  {side.name} vacuum work in the phase: {work or 'none'}")
         memory = {side.name: worker_peak_memory_mib(side.target) for side in sides}
     finally:
         for side in sides:
@@ -999,7 +1070,7 @@ def fixed(args) -> None:
     try:
         warm_up(target, args.stations, args.slots, args.occupancy)
         analyze(args.pg, database)
-        autovacuum = Autovacuum(args.pg, [database])
+        autovacuum = Autovacuum(args.pg, [database], every=args.vacuum_every)
         print(autovacuum.describe())
         body = full_sync_bodies(args.stations, args.slots, args.occupancy, random.Random(99))
         with autovacuum:
@@ -1009,11 +1080,13 @@ def fixed(args) -> None:
     finally:
         stop(target)
     result = result.after(args.ramp_seconds)
+    work = autovacuum.work(database, result.began, result.began + result.seconds)
     print(f"{args.rate:g}/s for {args.seconds:g} s after a {args.ramp_seconds:g}-s ramp, not counted; "
           f"gunicorn gthread {args.workers} workers x {args.threads} thread(s); set: {' '.join(args.set) or '-'}")
     print_round(result)
     print("  p99 of each 15 s (ms): " + "  ".join(f"{p99:.1f}" for p99 in result.windows(15)))
     print("  p99 of each second (ms): " + " ".join(f"{p99:.0f}" for p99 in result.windows(1)))
+    print(f"  vacuum work: {work or 'none'}")
 
 
 BIG_FLEET_SQL = """
@@ -1048,7 +1121,7 @@ def empty_against_big(targets: list[tuple[Target, str]], args) -> tuple[RoundRes
                   env=our_env(args.pg, database), cwd=ROOT)
             warm_up(target, args.stations, args.slots, args.occupancy)
             analyze(args.pg, database)
-        autovacuum = Autovacuum(args.pg, [database for _, database in targets])
+        autovacuum = Autovacuum(args.pg, [database for _, database in targets], every=args.vacuum_every)
         print(autovacuum.describe())
         with autovacuum:
             for round_number in range(1, args.rounds + 1):
@@ -1259,7 +1332,7 @@ def soak(args) -> None:
         thread = threading.Thread(target=renter)
         thread.start()
         print(f"soak: {args.minutes:g} min, {args.clients} senders, {args.stations} station(s) x {args.slots} slots")
-        autovacuum = Autovacuum(args.pg, [database])
+        autovacuum = Autovacuum(args.pg, [database], every=args.vacuum_every)
         print(autovacuum.describe())
         with autovacuum:
             result = drive(target, make_body, clients=args.clients, seconds=args.minutes * 60)
@@ -1297,6 +1370,9 @@ def main() -> None:
     parser.add_argument("--fixed-seconds", type=float, default=60, help="length of compare's fixed-rate phase")
     parser.add_argument("--ramp-seconds", type=float, default=2, help="uncounted start of the fixed-rate phase")
     parser.add_argument("--big-stations", type=int, default=10_000)
+    parser.add_argument("--vacuum-every", type=float, default=None, metavar="SECONDS",
+                        help="VACUUM each whole database after every SECONDS of its traffic, instead of doing what "
+                             "autovacuum would by its rules (where the server has autovacuum off)")
     parser.add_argument("--target-multiple", type=float, default=6.0, help="fixed-rate phase: this many times the seed")
     sub = parser.add_subparsers(dest="command", required=True)
     compare_parser = sub.add_parser("compare", help="throughput, CPU and latency: ours against the seed (and the limit)")
