@@ -103,6 +103,29 @@ def set_compression(cursor, table: str) -> bool:
     return True
 
 
+# A day's rows keep the body out of the row (in the partition's TOAST table) as soon as a row
+# passes this many bytes. Every delivery's row is updated once, with its outcome, and an
+# UPDATE writes the whole row again: with the compressed body in the row (about 1.5 KB for a
+# 24-slot full sync) it was copied into every new version, so a day's table held each body
+# twice, and VACUUM, which must visit every page an update left a dead version on, read and
+# rewrote all of it. Out of the row, the new version is a few hundred bytes with a pointer to
+# the body, which is written once and never changes (docs/performance.md, "Eighth pass").
+TOAST_TUPLE_TARGET = 128
+_STORAGE = f" WITH (toast_tuple_target = {TOAST_TUPLE_TARGET})"
+# Every other text column stays in the row (storage MAIN: compressed if need be, moved out
+# only if the row would not fit its page). The answer and the error are written by that
+# same UPDATE, and moved out each would add an insert into the TOAST table to it; the
+# digest, which every delivery looks up, and the other short columns would otherwise be
+# moved out too, one by one, until the row is under the target.
+IN_ROW_COLUMNS = ("message_type", "station_serial", "body_sha256", "response", "error")
+
+
+def set_storage(cursor, table: str) -> None:
+    """Only the body may leave the row; partitions inherit it."""
+    for column in IN_ROW_COLUMNS:
+        cursor.execute(f"ALTER TABLE {_q(table)} ALTER COLUMN {_q(column)} SET STORAGE MAIN")
+
+
 def _digest_index_sql(table: str, index: str | None = None) -> str:
     # Each day has its own unique index over its first deliveries' digests: the parent
     # cannot have one (its unique indexes must include `received_at`). The INSERT looks a
@@ -116,14 +139,16 @@ def _digest_index_sql(table: str, index: str | None = None) -> str:
 
 
 def create_default_partition(cursor) -> None:
-    cursor.execute(f"CREATE TABLE IF NOT EXISTS {_q(DEFAULT_PARTITION)} PARTITION OF {_q(TABLE)} DEFAULT")
+    cursor.execute(
+        f"CREATE TABLE IF NOT EXISTS {_q(DEFAULT_PARTITION)} PARTITION OF {_q(TABLE)} DEFAULT{_STORAGE}"
+    )
     cursor.execute(_digest_index_sql(DEFAULT_PARTITION))
 
 
 def create_partition(cursor, day: date) -> str:
     name = partition_name(day)
     cursor.execute(
-        f"CREATE TABLE IF NOT EXISTS {_q(name)} PARTITION OF {_q(TABLE)} FOR VALUES {_bounds(day)}"
+        f"CREATE TABLE IF NOT EXISTS {_q(name)} PARTITION OF {_q(TABLE)} FOR VALUES {_bounds(day)}{_STORAGE}"
     )
     cursor.execute(_digest_index_sql(name))
     return name
@@ -346,7 +371,7 @@ def _trim_partition(cursor, part: Partition, dry_run: bool) -> str:
         cursor.execute(f"LOCK TABLE {old} IN SHARE MODE")
         cursor.execute(
             f"CREATE TABLE {new} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
-            f"INCLUDING STORAGE{compression})"
+            f"INCLUDING STORAGE{compression}){_STORAGE}"
         )
         cursor.execute(
             f"ALTER TABLE {new} ADD CONSTRAINT {_q(new_name + '_bounds')} "

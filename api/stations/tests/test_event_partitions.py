@@ -6,6 +6,7 @@ partitioned by day".
 The PostgreSQL tests skip on SQLite, saying why; with REQUIRE_POSTGRES set they cannot skip.
 """
 
+import json
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from django.utils import timezone
 
 from api.stations.ingest import event_log, event_partitions
 from api.stations.ingest.body import decode
+from api.stations.ingest.delivery import deliver
 from api.stations.models import IoTEvent, IoTEventOutcome, PowerBank
 from api.stations.tests.factories import (
     SIGNED,
@@ -421,6 +423,51 @@ class AsynchronousLogCommitTests(TransactionTestCase):
 
             self.assertEqual(synchronous_commit(), "on")
         self.assertEqual(IoTEvent.objects.count(), 1)
+
+
+@unittest.skipUnless(ON_POSTGRES, SKIP_REASON)
+class BodyOutOfRowTests(TestCase):
+    """A day's rows keep the body in TOAST and the answer in the row (event_partitions.TOAST_TUPLE_TARGET)."""
+
+    def bodies_out_of_row(self, partition: str) -> int:
+        """How many values the partition stores out of its rows."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = to_regclass(%s)", [partition])
+            (toast,) = cursor.fetchone()
+            cursor.execute(f"SELECT COUNT(DISTINCT chunk_id) FROM {toast}")
+            return cursor.fetchone()[0]
+
+    def test_the_outcome_update_does_not_copy_the_body(self):
+        banks = {slot: (f"{61000000 + slot}", 50 + slot) for slot in range(1, 25)}
+        bodies = [
+            compact(full_payload(f"86460108{n:07d}", banks={s: (f"{b}{n}", level) for s, (b, level) in banks.items()},
+                                 total_slots=24, timestamp=now_ts()))
+            for n in range(5)
+        ]
+        for body in bodies:
+            self.assertEqual(deliver(body=body, source_ip=None).status, 200)
+
+        events = list(IoTEvent.objects.filter(body_sha256__in=[sha256(body) for body in bodies]))
+        self.assertEqual({event.outcome for event in events}, {IoTEventOutcome.PROCESSED})
+        self.assertEqual(len({partition_of(event.pk) for event in events}), 1)
+        # Each body once, out of its row; the digests and the answers stay in the rows.
+        self.assertEqual(self.bodies_out_of_row(partition_of(events[0].pk)), len(bodies))
+        self.assertEqual([json.loads(event.response)["success"] for event in events], [True] * len(bodies))
+
+    def test_a_new_day_is_created_with_the_same_storage(self):
+        day = today() + timedelta(days=30)
+        with connection.cursor() as cursor:
+            name = event_partitions.create_partition(cursor, day)
+            cursor.execute("SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)", [name])
+            self.assertIn(f"toast_tuple_target={event_partitions.TOAST_TUPLE_TARGET}", cursor.fetchone()[0])
+            cursor.execute(
+                "SELECT attname, attstorage FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = ANY(%s)",
+                [name, ["payload", "raw_body", *event_partitions.IN_ROW_COLUMNS]],
+            )
+            storage = dict(cursor.fetchall())
+        self.assertEqual(storage.pop("payload"), "x")
+        self.assertEqual(storage.pop("raw_body"), "x")
+        self.assertEqual(storage, dict.fromkeys(event_partitions.IN_ROW_COLUMNS, "m"))
 
 
 @override_settings(IOT_EVENT_PAYLOAD_DAYS=7, IOT_EVENT_KEEP_DAYS=90)
