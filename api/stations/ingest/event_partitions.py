@@ -120,10 +120,10 @@ _STORAGE = f" WITH (toast_tuple_target = {TOAST_TUPLE_TARGET})"
 IN_ROW_COLUMNS = ("message_type", "station_serial", "body_sha256", "response", "error")
 
 
-def set_storage(cursor, table: str) -> None:
-    """Only the body may leave the row; partitions inherit it."""
+def set_storage(cursor, table: str, storage: str = "MAIN") -> None:
+    """Only the body may leave the row (EXTENDED: as PostgreSQL's default); partitions inherit it."""
     for column in IN_ROW_COLUMNS:
-        cursor.execute(f"ALTER TABLE {_q(table)} ALTER COLUMN {_q(column)} SET STORAGE MAIN")
+        cursor.execute(f"ALTER TABLE {_q(table)} ALTER COLUMN {_q(column)} SET STORAGE {storage}")
 
 
 def _digest_index_sql(table: str, index: str | None = None) -> str:

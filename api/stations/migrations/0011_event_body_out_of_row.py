@@ -12,15 +12,6 @@ from django.db import migrations
 from api.stations.ingest import event_partitions
 
 
-def _partitions(cursor) -> list[str]:
-    cursor.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = to_regclass(%s)",
-        [event_partitions.TABLE],
-    )
-    return [name for (name,) in cursor.fetchall()]
-
-
 def out_of_row(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
@@ -28,8 +19,8 @@ def out_of_row(apps, schema_editor):
     target = event_partitions.TOAST_TUPLE_TARGET
     with schema_editor.connection.cursor() as cursor:
         event_partitions.set_storage(cursor, event_partitions.TABLE)
-        for name in _partitions(cursor):
-            cursor.execute(f"ALTER TABLE {quote(name)} SET (toast_tuple_target = {int(target)})")
+        for part in event_partitions.partitions(cursor):
+            cursor.execute(f"ALTER TABLE {quote(part.name)} SET (toast_tuple_target = {int(target)})")
 
 
 def in_row(apps, schema_editor):
@@ -37,12 +28,9 @@ def in_row(apps, schema_editor):
         return
     quote = schema_editor.quote_name
     with schema_editor.connection.cursor() as cursor:
-        for column in event_partitions.IN_ROW_COLUMNS:
-            cursor.execute(
-                f"ALTER TABLE {quote(event_partitions.TABLE)} ALTER COLUMN {quote(column)} SET STORAGE EXTENDED"
-            )
-        for name in _partitions(cursor):
-            cursor.execute(f"ALTER TABLE {quote(name)} RESET (toast_tuple_target)")
+        event_partitions.set_storage(cursor, event_partitions.TABLE, "EXTENDED")
+        for part in event_partitions.partitions(cursor):
+            cursor.execute(f"ALTER TABLE {quote(part.name)} RESET (toast_tuple_target)")
 
 
 class Migration(migrations.Migration):
