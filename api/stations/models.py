@@ -251,6 +251,11 @@ class IoTEvent(models.Model):
     duration_ms = models.FloatField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # When a processing attempt first failed (outcome FAILED or a 5xx answer), and kept when
+    # a later attempt succeeds. It is what finds failed rows, not `outcome`: the UPDATE that
+    # settles a row changes `outcome`, and an indexed column changed makes it write a new
+    # index entry in every index (not a HOT update); this one is written only on a failure.
+    failed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-received_at", "-id"]
@@ -264,20 +269,28 @@ class IoTEvent(models.Model):
             models.CheckConstraint(
                 condition=Q(outcome__in=IoTEventOutcome.values), name="iot_event_outcome_valid"
             ),
+            # A failed row always has `failed_at`, whoever writes it, or the readers of
+            # `failed_events_q` would miss it.
+            models.CheckConstraint(
+                condition=Q(failed_at__isnull=False)
+                | (~Q(outcome=IoTEventOutcome.FAILED) & (Q(http_status__isnull=True) | Q(http_status__lt=500))),
+                name="iot_event_failure_dated",
+            ),
         ]
-        # Every message inserts a row and updates it once, so each index here is paid for
-        # twice per message (the update changes `outcome`, which is indexed, so it is never
-        # a HOT update). Hence no `db_index=True` on text columns (on PostgreSQL it adds a
-        # second, `LIKE`-only index that no lookup here uses) and a partial index for the
-        # duplicates, which are few: most rows have no `duplicate_of`.
+        # Every message inserts a row and updates it once, with its outcome. No index may
+        # hold a column that update changes (`outcome`, `http_status`, ...), or it is not a
+        # HOT update and writes an entry into every index again (docs/performance.md, "Ninth
+        # pass"). Each index here is paid for by every message: no `db_index=True` on text
+        # columns (on PostgreSQL it adds a second, `LIKE`-only index that no lookup here
+        # uses), and partial indexes for the duplicates and the failures, which are few.
         indexes = [
-            models.Index(fields=["outcome", "received_at"], name="iot_event_outcome_idx"),
             models.Index(fields=["station_serial"], name="iot_event_station_serial_idx"),
             models.Index(
                 fields=["duplicate_of"],
                 name="iot_event_duplicate_of_idx",
                 condition=Q(duplicate_of__isnull=False),
             ),
+            models.Index(fields=["failed_at"], name="iot_event_failed_at_idx", condition=Q(failed_at__isnull=False)),
         ]
 
     def __str__(self):

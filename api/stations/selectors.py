@@ -41,7 +41,8 @@ def rentable_power_banks_q() -> Q:
 
 
 def failed_events_q() -> Q:
-    return Q(outcome=IoTEventOutcome.FAILED) | Q(http_status__gte=500)
+    """Events whose last attempt failed (FAILED, or answered 5xx), found by `failed_at`'s index."""
+    return Q(failed_at__isnull=False) & (Q(outcome=IoTEventOutcome.FAILED) | Q(http_status__gte=500))
 
 
 def placement_pending_q() -> Q:

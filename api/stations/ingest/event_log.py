@@ -235,13 +235,16 @@ def settled_answer(event_id: int) -> tuple[int, dict] | None:
 # message (docs/design.md, lock order). Without an error of its own, a row keeps the
 # traceback of an earlier failed attempt (why `attempts` is more than 1) but not the text
 # of an earlier refusal, which was about one delivery (an expired token), not the body.
+# `failed_at` is set by the first failure and otherwise left as it is (COALESCE with NULL):
+# it is indexed, and unchanged it keeps this a HOT update (no new index entries).
 _SETTLE_SQL = (
     "UPDATE {table} SET outcome = %s, http_status = %s, response = %s, "
     "error = COALESCE(%s, CASE WHEN outcome = %s THEN '' ELSE error END), "
-    "duration_ms = %s, processed_at = %s, attempts = attempts + %s "
+    "duration_ms = %s, processed_at = %s, attempts = attempts + %s, failed_at = COALESCE(failed_at, %s) "
     "WHERE outcome NOT IN (%s, %s) AND id = %s"
 )
 _PROCESSED_AT = IoTEvent._meta.get_field("processed_at")
+_FAILED_AT = IoTEvent._meta.get_field("failed_at")
 
 
 def settle(
@@ -259,6 +262,8 @@ def settle(
     it wrote. `error` is what an operator reads about a refusal or failure; `attempted`
     counts one more processing attempt of the body.
     """
+    now = timezone.now()
+    failed = outcome == IoTEventOutcome.FAILED or http_status >= 500
     values = [
         outcome.value,
         http_status,
@@ -266,8 +271,9 @@ def settle(
         error,
         IoTEventOutcome.REJECTED.value,
         duration_ms,
-        sql.db_value(_PROCESSED_AT, timezone.now() if outcome in SETTLED else None),
+        sql.db_value(_PROCESSED_AT, now if outcome in SETTLED else None),
         1 if attempted else 0,
+        sql.db_value(_FAILED_AT, now if failed else None),
         *(settled.value for settled in SETTLED),
     ]
     # Nothing written where the row went: settled already, or (rarely) moved since by the

@@ -111,7 +111,13 @@ def set_compression(cursor, table: str) -> bool:
 # rewrote all of it. Out of the row, the new version is a few hundred bytes with a pointer to
 # the body, which is written once and never changes (docs/performance.md, "Eighth pass").
 TOAST_TUPLE_TARGET = 128
-_STORAGE = f" WITH (toast_tuple_target = {TOAST_TUPLE_TARGET})"
+# That update is a HOT one (no index holds a column it changes: models.IoTEvent) only if the
+# new version fits on the row's own page. Rows are inserted in order, so a page is filled by
+# rows still to be settled; this much of each page is left for their new versions. At 100
+# (the default) one update in fifteen found its page full; at 85 none did, over 3,600 full
+# syncs (docs/performance.md, "Ninth pass").
+FILLFACTOR = 85
+_STORAGE = f" WITH (toast_tuple_target = {TOAST_TUPLE_TARGET}, fillfactor = {FILLFACTOR})"
 # Every other text column stays in the row (storage MAIN: compressed if need be, moved out
 # only if the row would not fit its page). The answer and the error are written by that
 # same UPDATE, and moved out each would add an insert into the TOAST table to it; the
@@ -326,8 +332,9 @@ def _move_default(cursor, wanted, days, has_default, started, dry_run) -> str:
 def _drop(cursor, part: Partition, dry_run: bool) -> str:
     started = time.perf_counter()
     name = _q(part.name)
-    # What goes with it, from the statistics (counting a day would read it) and the
-    # outcome index (failed ones are few).
+    # What goes with it: the rows from the statistics, the failed and unfinished ones
+    # counted. No index has `outcome` (models.IoTEvent), so this reads the day, once, on
+    # the day it is dropped.
     cursor.execute(
         f"SELECT c.reltuples, pg_total_relation_size(c.oid), "
         f"(SELECT COUNT(*) FROM {name} WHERE outcome IN (%s, %s)) "

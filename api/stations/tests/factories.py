@@ -15,6 +15,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from api.stations.models import IoTEvent, IoTEventOutcome
 from api.stations.views.internal_views import IOT_SYSTEM_GROUP, PUSH_STATION_DATA
 from iot_tools import wire
 from iot_tools.wire import DATA_PATH, SlotState, full_message, iso_utc, returned_message, status_message
@@ -34,6 +35,14 @@ iso = iso_utc
 
 def now_ts() -> int:
     return int(time.time())
+
+
+def logged_event(**fields) -> IoTEvent:
+    """An event-log row written directly, dated as failed where `event_log.settle` would date it."""
+    failed = fields.get("outcome") == IoTEventOutcome.FAILED or (fields.get("http_status") or 0) >= 500
+    if failed:
+        fields.setdefault("failed_at", fields["received_at"])
+    return IoTEvent.objects.create(**fields)
 
 
 def bank_serial() -> str:

@@ -22,6 +22,7 @@ from api.stations.tests.factories import (
     SenderClient,
     compact,
     full_payload,
+    logged_event,
     make_staff,
     now_ts,
     status_payload,
@@ -202,7 +203,7 @@ class PruneKeepsBodiesWithTheirRepeatsTests(TestCase):
 
         from django.utils import timezone
 
-        return IoTEvent.objects.create(
+        return logged_event(
             received_at=timezone.now() - timedelta(days=days_old),
             body_sha256=digest * 64,
             outcome=outcome,

@@ -15,7 +15,7 @@ from unittest import mock, skipUnless
 
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import OperationalError, connection
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.test import TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -33,6 +33,7 @@ from api.stations.models import (
     StationSlot,
     StationStatusHistory,
 )
+from api.stations.selectors import failed_events_q
 from api.stations.services.station_sync_service import StationSyncService
 from api.stations.tests.factories import (
     SIGNED,
@@ -40,6 +41,7 @@ from api.stations.tests.factories import (
     SenderClient,
     compact,
     full_payload,
+    logged_event,
     make_staff,
     now_ts,
     return_payload,
@@ -386,6 +388,9 @@ class ReplayTests(EventLogTestCase):
             self.assertIn(DB_DOWN, primary.error)
             self.assertNotIn("Traceback", failed.content.decode())
             self.assertNotIn("Connection refused", failed.content.decode())
+            # Dated as failed, so the admin and `reprocess_iot_events --failed` find it.
+            self.assertIsNotNone(primary.failed_at)
+            self.assertEqual(list(IoTEvent.objects.filter(failed_events_q())), [primary])
 
             retried = self.sender.post(body, timestamp=self.now)
 
@@ -397,6 +402,9 @@ class ReplayTests(EventLogTestCase):
         self.assertEqual(primary.http_status, 200)
         self.assertEqual(primary.response_data, retried.json())
         self.assertEqual(primary.attempts, 2)
+        # When it failed stays on the row; it is no longer one of the failed ones.
+        self.assertIsNotNone(primary.failed_at)
+        self.assertFalse(IoTEvent.objects.filter(failed_events_q()).exists())
         retry = IoTEvent.objects.exclude(pk=primary.pk).get()
         self.assertEqual(retry.duplicate_of, primary)
         self.assertEqual(retry.outcome, IoTEventOutcome.DUPLICATE)
@@ -425,10 +433,12 @@ class ReplayTests(EventLogTestCase):
         body = compact(status_payload("ONLINE", timestamp=self.now))
 
         self.post_failing(body, RuntimeError("first"), timestamp=self.now - 1)
+        first_failure = IoTEvent.objects.get().failed_at
         again = self.post_failing(body, RuntimeError("second"), timestamp=self.now)
 
         self.assertEqual(again.status_code, 500)
         primary = IoTEvent.objects.get(duplicate_of__isnull=True)
+        self.assertEqual(primary.failed_at, first_failure, "the first failure's time is kept")
         self.assertEqual(primary.outcome, IoTEventOutcome.FAILED)
         self.assertEqual(primary.attempts, 2)
         self.assertIn("second", primary.error)
@@ -586,7 +596,7 @@ class ReprocessCommandTests(EventLogTestCase):
 
 class PruneCommandTests(TestCase):
     def event(self, name: str, outcome: str, days_old: float, **fields) -> IoTEvent:
-        return IoTEvent.objects.create(
+        return logged_event(
             received_at=timezone.now() - timedelta(days=days_old),
             message_type="status",
             body_sha256=sha256(name.encode()),
@@ -631,11 +641,32 @@ class PruneCommandTests(TestCase):
             self.prune("--days", "-1")
 
 
+class FailureDateTests(TestCase):
+    def test_a_failed_row_without_its_failure_time_is_refused_by_the_database(self):
+        # The failures' index is what finds failed rows: one written without `failed_at`
+        # (by a writer other than `event_log.settle`) would be invisible to operators.
+        for outcome, http_status in ((IoTEventOutcome.FAILED, None), (IoTEventOutcome.DUPLICATE, 503)):
+            with self.subTest(outcome=outcome, http_status=http_status), self.assertRaises(IntegrityError):
+                with transaction.atomic():
+                    IoTEvent.objects.create(
+                        received_at=timezone.now(),
+                        body_sha256=sha256(outcome.encode()),
+                        outcome=outcome,
+                        http_status=http_status,
+                    )
+        IoTEvent.objects.create(
+            received_at=timezone.now(),
+            body_sha256=sha256(b"ok"),
+            outcome=IoTEventOutcome.REJECTED,
+            http_status=400,
+        )
+
+
 class EventLogIndexTests(TestCase):
     """
-    Every message inserts an event row and updates it once (a non-HOT update on PostgreSQL:
-    `outcome` is indexed), so each index on the table is written twice per message. Pinned:
-    the indexes the lookups need and no more.
+    Every message inserts an event row and updates it once, and each index on the table is
+    written by the INSERT (and by the UPDATE too, unless it is a HOT one: test_hot_updates).
+    Pinned: the indexes the lookups need and no more, none on a column the UPDATE changes.
     """
 
     def indexes(self) -> dict[str, dict]:
@@ -656,8 +687,8 @@ class EventLogIndexTests(TestCase):
             {
                 ("id", "received_at") if partitioned else ("id",),
                 ("received_at",),
-                ("outcome", "received_at"),
                 ("station_serial",),
+                ("failed_at",),
                 *([] if partitioned else [("body_sha256",)]),
                 ("duplicate_of_id",),
             },
@@ -672,6 +703,16 @@ class EventLogIndexTests(TestCase):
             )
             (definition,) = cursor.fetchone()
         self.assertIn("WHERE (duplicate_of_id IS NOT NULL)", definition)
+
+    @skipUnless(connection.vendor == "postgresql", "partial indexes as PostgreSQL reports them")
+    def test_the_failures_index_holds_failed_rows_only(self):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexname = %s",
+                [IoTEvent._meta.db_table, "iot_event_failed_at_idx"],
+            )
+            (definition,) = cursor.fetchone()
+        self.assertIn("WHERE (failed_at IS NOT NULL)", definition)
 
 
 class EndpointQueryCountTests(EventLogTestCase):

@@ -30,6 +30,7 @@ from api.stations.tests.factories import (
     SenderClient,
     compact,
     full_payload,
+    logged_event,
     make_staff,
     now_ts,
     status_payload,
@@ -71,7 +72,7 @@ def received_at(moment: datetime):
 
 
 def event(name: str, days_old: float, *, message_type="full", outcome=IoTEventOutcome.PROCESSED, **fields):
-    return IoTEvent.objects.create(
+    return logged_event(
         received_at=timezone.now() - timedelta(days=days_old),
         message_type=message_type,
         body_sha256=sha256(name.encode()),

@@ -1,7 +1,9 @@
 """
 A full sync rewrites its station, slots and banks in place (HOT updates) on PostgreSQL:
 no new index entries and nothing for VACUUM to clean out of the indexes (migrations 0008
-and 0010, docs/performance.md, "Eighth pass"). PostgreSQL only: SQLite has no such updates.
+and 0010, docs/performance.md, "Eighth pass"); so does the UPDATE that settles every
+delivery's event row (migration 0012, "Ninth pass"). PostgreSQL only: SQLite has no such
+updates.
 """
 
 import os
@@ -10,6 +12,7 @@ import unittest
 from django.db import connection
 from django.test import TransactionTestCase
 
+from api.stations.ingest import event_partitions
 from api.stations.ingest.delivery import deliver
 from api.stations.models import PowerBank, Station, StationSlot
 from api.stations.tests.factories import compact, full_payload, now_ts
@@ -24,7 +27,7 @@ STATIONS = 12
 SLOTS = 24
 
 
-def update_counts() -> dict[str, tuple[int, int]]:
+def update_counts(tables=TABLES) -> dict[str, tuple[int, int]]:
     """Every update and every HOT update so far, per table, as the statistics have them."""
     with connection.cursor() as cursor:
         # This backend's pending counts are flushed at its next report, which a finished
@@ -33,7 +36,7 @@ def update_counts() -> dict[str, tuple[int, int]]:
         cursor.execute("SELECT 1")
         cursor.execute("SET stats_fetch_consistency = none")
         cursor.execute(
-            "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = ANY(%s)", [TABLES]
+            "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = ANY(%s)", [list(tables)]
         )
         return {name: (updates, hot) for name, updates, hot in cursor.fetchall()}
 
@@ -65,3 +68,21 @@ class HotUpdateTests(TransactionTestCase):
             with self.subTest(table=table):
                 self.assertGreaterEqual(updates, 3 * STATIONS)
                 self.assertEqual(hot, updates, f"{table}: {updates - hot} of {updates} updates were not HOT")
+
+    def test_every_delivery_s_event_row_is_settled_in_place(self):
+        start = now_ts() - 600
+        sync_every_station(start)
+        # Every table the log has (its rows go into today's partition, or the DEFAULT one).
+        partitions = [part.name for part in event_partitions.partitions(connection.cursor())]
+        before = update_counts(partitions)
+
+        for n in range(1, 5):
+            sync_every_station(start + n)
+
+        after = update_counts(partitions)
+        updates = sum(after[name][0] - before.get(name, (0, 0))[0] for name in after)
+        hot = sum(after[name][1] - before.get(name, (0, 0))[1] for name in after)
+        # One settle per delivery, each HOT: no index has a column it changes, and each page
+        # keeps room for the settled versions of its rows (event_partitions.FILLFACTOR).
+        self.assertEqual(updates, 4 * STATIONS, partitions)
+        self.assertEqual(hot, updates, f"{updates - hot} of {updates} settles of event rows were not HOT")

@@ -18,8 +18,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, failed=False, ids=None, limit=1000, **options):
         if failed:
+            # `failed_at` is indexed (only failed rows have it); `outcome` is not.
             selected = IoTEvent.objects.filter(
-                outcome=IoTEventOutcome.FAILED, duplicate_of__isnull=True
+                failed_at__isnull=False, outcome=IoTEventOutcome.FAILED, duplicate_of__isnull=True
             ).order_by("received_at", "id")[:limit]
         else:
             selected = IoTEvent.objects.filter(pk__in=ids).order_by("received_at", "id")
