@@ -30,7 +30,6 @@ holds two banks, not even for the duration of one statement.
 
 import json
 import logging
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -404,9 +403,10 @@ def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) ->
 # ORM's `bulk_create` builds a model instance and quotes every value of every row in
 # Python, the largest cost of a full sync when first profiled), the slots' upsert is a
 # data-modifying WITH clause whose RETURNING gives the banks their slot ids, and the
-# station's UPDATE is one more WITH clause. Other databases (SQLite in development) use
-# `bulk_create` twice and an UPDATE. Both paths run the whole test suite in CI;
-# docs/performance.md has the figures.
+# station's UPDATE is one more WITH clause, its values one more document, read as a row of
+# the station table (`jsonb_populate_record`, so each column's type is the table's own).
+# Other databases (SQLite in development) use `bulk_create` twice and an UPDATE. Both paths
+# run the whole test suite in CI; docs/performance.md has the figures.
 
 
 @dataclass(slots=True)
@@ -446,6 +446,14 @@ _STATION_UPDATE_SQL = (
     f"UPDATE {sql.quote(Station._meta.db_table)} "
     f"SET {', '.join(f'{sql.quote(field.column)} = %s' for field in _STATION_SYNC_FIELDS)} WHERE id = %s"
 )
+_STATION_CTE = f"""
+    station AS (
+        UPDATE {sql.quote(Station._meta.db_table)} SET
+            {', '.join(f'{sql.quote(field.column)} = r.{sql.quote(field.column)}' for field in _STATION_SYNC_FIELDS)}
+        FROM jsonb_populate_record(NULL::{sql.quote(Station._meta.db_table)}, %s::jsonb) AS r
+        WHERE {sql.quote(Station._meta.db_table)}.id = %s
+    )
+"""
 _SLOTS = StationSlot._meta.db_table
 _BANKS = PowerBank._meta.db_table
 _SLOTS_CTE = f"""
@@ -487,28 +495,34 @@ def _write_snapshot(station: Station, slots: list[_SlotRow], banks: list[_BankRo
     that moves or leaves out of its old slot, so no slot ever holds two banks, not even
     within the statement. New banks get a blank model and capacity; existing banks keep theirs.
     """
-    station_params = [sql.db_value(field, getattr(station, field.attname)) for field in _STATION_SYNC_FIELDS]
-    station_params.append(sql.db_value(Station._meta.pk, station.pk))
     if connection.vendor != "postgresql":
         _bulk_upsert(station.pk, slots, banks, now=now)
+        station_params = [sql.db_value(field, getattr(station, field.attname)) for field in _STATION_SYNC_FIELDS]
         with connection.cursor() as cursor:
-            cursor.execute(_STATION_UPDATE_SQL, station_params)
+            cursor.execute(_STATION_UPDATE_SQL, [*station_params, sql.db_value(Station._meta.pk, station.pk)])
         return
+    station_row = {field.column: getattr(station, field.attname) for field in _STATION_SYNC_FIELDS}
     with connection.cursor() as cursor:
         cursor.execute(
-            f"WITH station AS ({_STATION_UPDATE_SQL}), {_SLOTS_CTE} {_BANKS_INSERT}",
-            [*station_params, station.pk, now, _json(slots), station.pk, now, now, _json(banks)],
+            f"WITH {_STATION_CTE}, {_SLOTS_CTE} {_BANKS_INSERT}",
+            [_json(station_row), station.pk, station.pk, now, _json(slots), station.pk, now, now, _json(banks)],
         )
 
 
-def _json(rows: Iterable) -> str:
-    rows = list(rows)
+def _json(value) -> str:
     try:
-        # orjson encodes dataclasses itself, several times faster than json.dumps...
-        return orjson.dumps(rows).decode("utf-8")
+        # orjson encodes dataclasses and datetimes itself, several times faster than json.dumps...
+        return orjson.dumps(value).decode("utf-8")
     except orjson.JSONEncodeError:
         # ...but not integers beyond 64 bits, which JSON (and jsonb) allow in metadata.
-        return json.dumps([asdict(row) for row in rows], ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False, default=_plain)
+
+
+def _plain(value):
+    """What the standard library's JSON encoder is given for a row or a time."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return asdict(value)
 
 
 def _bulk_upsert(station_id, slots: list[_SlotRow], banks: list[_BankRow], *, now: datetime) -> None:

@@ -97,6 +97,26 @@ class FullSyncTests(FleetInvariantsMixin, TestCase):
         sync(full_payload(timestamp=int(heartbeat.timestamp()), last_heartbeat=heartbeat))
         self.assertEqual(Station.objects.get().last_heartbeat, heartbeat)
 
+    def test_the_station_s_reported_fields_are_stored_exactly(self):
+        # The fields travel to the database as one JSON document: times keep their
+        # microseconds, text its script, and an integer beyond 64 bits its every digit.
+        heartbeat = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
+        payload = full_payload(timestamp=int(heartbeat.timestamp()))
+        payload["device"]["last_heartbeat"] = "2026-01-01T12:00:00.123456Z"
+        hardware_info = {"firmware_version": "2.1.6", "counter": 2**64 + 1, "vendor": "深圳", "nested": {"a": [1, None]}}
+        payload["device"].update(hardware_info=hardware_info, signal_strength=-71, wifi_ssid="ChargeGhar 5G")
+
+        sync(payload)
+
+        station = Station.objects.get()
+        self.assertEqual(station.hardware_info, hardware_info)
+        self.assertEqual(station.firmware_version, "2.1.6")
+        self.assertEqual((station.signal_strength, station.wifi_ssid), ("-71", "ChargeGhar 5G"))
+        self.assertEqual(station.last_heartbeat, heartbeat)
+        self.assertEqual(station.device_state_at, datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+        self.assertEqual(station.status, StationStatus.ONLINE)
+        self.assertEqual(station.total_slots, 4)
+
     def test_a_bank_reported_here_moves_here_and_frees_its_old_slot(self):
         sync(full_payload(OTHER_SERIAL, banks={3: ("40818052", 70)}))
 
