@@ -555,7 +555,10 @@ class Autovacuum:
     the insert threshold and scale factor allow, and ANALYZEs those with more changed rows
     than the analyze threshold and scale factor allow (a table's own storage parameters
     override the server's, as they do for autovacuum; partitioned tables are left to their
-    partitions). It is paced by `autovacuum_vacuum_cost_delay` and `_cost_limit`, and works
+    partitions). A table's TOAST table (where the bodies of the event log go) is looked at on
+    its own, as autovacuum has done since PostgreSQL 8.4: VACUUMed by its own counts, with its
+    own `toast.` storage parameters or else its table's, never analyzed, and left out of its
+    table's VACUUM (`PROCESS_TOAST FALSE`). It is paced by `autovacuum_vacuum_cost_delay` and `_cost_limit`, and works
     while traffic runs, as autovacuum does. `every` instead VACUUMs the whole database after
     every `every` seconds of its traffic (`--vacuum-every`, the earlier passes' schedule).
 
@@ -575,14 +578,20 @@ class Autovacuum:
         "autovacuum_analyze_threshold", "autovacuum_analyze_scale_factor",
         "autovacuum_vacuum_cost_delay", "autovacuum_vacuum_cost_limit", "vacuum_cost_limit",
     )
-    # Each table's statistics and its own autovacuum storage parameters. Leaf tables only:
-    # autovacuum never processes a partitioned table itself.
+    # Each table's statistics and its own autovacuum storage parameters, then each of their
+    # TOAST tables' (with the table's parameters where it has none of its own). Leaf tables
+    # only: autovacuum never processes a partitioned table itself.
     TABLES_SQL = """
-        SELECT c.oid::regclass::text, s.n_dead_tup, s.n_ins_since_vacuum, s.n_mod_since_analyze,
+        SELECT c.oid::regclass::text, false, s.n_dead_tup, s.n_ins_since_vacuum, s.n_mod_since_analyze,
                greatest(c.reltuples, 0), coalesce(c.reloptions, '{}')
         FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
         WHERE c.relkind IN ('r', 'm')
-        ORDER BY c.oid
+        UNION ALL
+        SELECT t.oid::regclass::text, true, s.n_dead_tup, s.n_ins_since_vacuum, 0,
+               greatest(t.reltuples, 0), coalesce(t.reloptions, c.reloptions, '{}')
+        FROM pg_class c JOIN pg_class t ON t.oid = c.reltoastrelid JOIN pg_stat_all_tables s ON s.relid = t.oid
+        WHERE c.relkind IN ('r', 'm') AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+        ORDER BY 2, 1
     """
 
     def __init__(self, pg: str, databases: list[str], every: float | None = None, per_side: bool = False):
@@ -648,14 +657,18 @@ class Autovacuum:
         if self.every:
             self._timed(database, "VACUUM")
             return
-        for table, dead, inserted, modified, rows, options in connection.execute(self.TABLES_SQL).fetchall():
+        for table, toast, dead, inserted, modified, rows, options in connection.execute(self.TABLES_SQL).fetchall():
             vacuum = dead > self._threshold(options, "vacuum", rows) or (
                 inserted > self._threshold(options, "vacuum_insert", rows)
             )
-            analyze = modified > self._threshold(options, "analyze", rows)
-            if vacuum or analyze:
-                command = "VACUUM (ANALYZE)" if vacuum and analyze else "VACUUM" if vacuum else "ANALYZE"
-                self._timed(database, f"{command} {table}")
+            analyze = not toast and modified > self._threshold(options, "analyze", rows)
+            if toast:
+                if vacuum:
+                    self._timed(database, f"VACUUM {table}")
+            elif vacuum or analyze:
+                # The TOAST table is looked at on its own (above), as autovacuum does.
+                options = ", ".join(["PROCESS_TOAST FALSE", *(["ANALYZE"] if analyze else [])])
+                self._timed(database, f"VACUUM ({options}) {table}" if vacuum else f"ANALYZE {table}")
 
     def _threshold(self, options: list[str], kind: str, rows: float) -> float:
         own = dict(option.split("=", 1) for option in options)
