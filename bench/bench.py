@@ -558,8 +558,8 @@ class Autovacuum:
     partitions). A table's TOAST table (where the bodies of the event log go) is looked at on
     its own, as autovacuum has done since PostgreSQL 8.4: VACUUMed by its own counts, with its
     own `toast.` storage parameters or else its table's, never analyzed, and left out of its
-    table's VACUUM (`PROCESS_TOAST FALSE`). It is paced by `autovacuum_vacuum_cost_delay` and `_cost_limit`, and works
-    while traffic runs, as autovacuum does. `every` instead VACUUMs the whole database after
+    table's VACUUM (`PROCESS_TOAST FALSE`). It is paced by `autovacuum_vacuum_cost_delay` and
+    `_cost_limit`, and works while traffic runs, as autovacuum does. `every` instead VACUUMs the whole database after
     every `every` seconds of its traffic (`--vacuum-every`, the earlier passes' schedule).
 
     Where the sides take turns (`compare`, `per_side`), each side's database is looked at only
@@ -589,8 +589,9 @@ class Autovacuum:
         UNION ALL
         SELECT t.oid::regclass::text, true, s.n_dead_tup, s.n_ins_since_vacuum, 0,
                greatest(t.reltuples, 0), coalesce(t.reloptions, c.reloptions, '{}')
-        FROM pg_class c JOIN pg_class t ON t.oid = c.reltoastrelid JOIN pg_stat_all_tables s ON s.relid = t.oid
-        WHERE c.relkind IN ('r', 'm') AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+        FROM pg_stat_user_tables u JOIN pg_class c ON c.oid = u.relid
+             JOIN pg_class t ON t.oid = c.reltoastrelid JOIN pg_stat_all_tables s ON s.relid = t.oid
+        WHERE c.relkind IN ('r', 'm')
         ORDER BY 2, 1
     """
 
@@ -661,14 +662,15 @@ class Autovacuum:
             vacuum = dead > self._threshold(options, "vacuum", rows) or (
                 inserted > self._threshold(options, "vacuum_insert", rows)
             )
-            analyze = not toast and modified > self._threshold(options, "analyze", rows)
-            if toast:
+            if toast:  # on its own, never analyzed, as autovacuum does
                 if vacuum:
                     self._timed(database, f"VACUUM {table}")
-            elif vacuum or analyze:
-                # The TOAST table is looked at on its own (above), as autovacuum does.
-                options = ", ".join(["PROCESS_TOAST FALSE", *(["ANALYZE"] if analyze else [])])
-                self._timed(database, f"VACUUM ({options}) {table}" if vacuum else f"ANALYZE {table}")
+                continue
+            analyze = modified > self._threshold(options, "analyze", rows)
+            if vacuum:  # its TOAST table has a row of its own in this list
+                self._timed(database, f"VACUUM (PROCESS_TOAST FALSE{', ANALYZE' if analyze else ''}) {table}")
+            elif analyze:
+                self._timed(database, f"ANALYZE {table}")
 
     def _threshold(self, options: list[str], kind: str, rows: float) -> float:
         own = dict(option.split("=", 1) for option in options)
