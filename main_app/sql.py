@@ -13,9 +13,21 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 import orjson
-from django.db import connection, connections
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
 from django.db.models import Field, Model
 from django.db.models.sql import Query
+
+
+def db() -> BaseDatabaseWrapper:
+    """
+    This thread's connection itself. `connection` is a proxy that looks the thread's
+    connection up again (in asgiref's thread-local storage) on every attribute it is asked
+    for; the hot path asked about thirty times a message (docs/performance.md, eleventh
+    pass), so its helpers look it up once each.
+    """
+    return connections[DEFAULT_DB_ALIAS]
 
 
 def quote(name: str) -> str:
@@ -38,20 +50,47 @@ def in_values(column: str, values: Iterable[str]) -> tuple[str, list]:
     round trip); orjson encodes the list in C (docs/performance.md, tenth pass).
     """
     values = list(values)
-    if connection.vendor == "postgresql":
+    if db().vendor == "postgresql":
         return f"{column} = ANY(ARRAY(SELECT jsonb_array_elements_text(%s::jsonb)))", [orjson.dumps(values).decode()]
     return f"{column} IN ({', '.join(['%s'] * len(values))})", values
 
 
 def db_value(field: Field, value: Any) -> Any:
     """`value` as the database driver takes it for `field` (UUIDs, JSON, datetimes)."""
-    return field.get_db_prep_save(value, connection)
+    return field.get_db_prep_save(value, db())
+
+
+def cursor() -> CursorWrapper:
+    """
+    A cursor for the hot path's statements, made once per database connection and reused.
+
+    Django's `connection.cursor()` builds a new driver cursor and its wrapper for every
+    statement (on psycopg a copy of the connection's adapters each time): about 25 us of
+    the worker's CPU, five or six times a message (docs/performance.md, eleventh pass). A
+    DB-API cursor can run any number of statements, one after the other, so each thread's
+    connection keeps one. It is made again when the connection is not the one it was made
+    on (closed and opened again between requests) and when query logging is turned on or
+    off (`assertNumQueries`, DEBUG), so it is always the cursor `connection.cursor()` would
+    have given; the wrapper keeps Django's error translation and the health check runs as
+    it would for a new cursor.
+    """
+    wrapper = db()
+    wrapper.close_if_health_check_failed()
+    kept = wrapper.__dict__.get(_KEPT_CURSOR)
+    if kept is not None and kept[0] is wrapper.connection and kept[1] == wrapper.queries_logged:
+        return kept[2]
+    made = wrapper.cursor()
+    wrapper.__dict__[_KEPT_CURSOR] = (wrapper.connection, wrapper.queries_logged, made)
+    return made
+
+
+_KEPT_CURSOR = "_hot_path_cursor"
 
 
 def fetch(sql: str, params: Sequence[Any]) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
+    kept = cursor()
+    kept.execute(sql, params)
+    return kept.fetchall()
 
 
 class Columns:
@@ -71,7 +110,7 @@ class Columns:
         self._converters: WeakKeyDictionary = WeakKeyDictionary()
 
     def instances(self, rows: Iterable[tuple]) -> list[Model]:
-        wrapper = connections[connection.alias]
+        wrapper = db()
         try:
             compiler, converters = self._converters[wrapper]
         except KeyError:

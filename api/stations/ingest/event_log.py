@@ -54,12 +54,19 @@ _PAYLOAD = IoTEvent._meta.get_field("payload")
 _RAW_BODY = IoTEvent._meta.get_field("raw_body")
 _DUPLICATE_OF = IoTEvent._meta.get_field("duplicate_of")
 _RECEIVED_AT = IoTEvent._meta.get_field("received_at")
-# Every column but the key, the link to the first delivery and the body, which depend on
-# whether the digest has a first delivery already.
-_INSERT_FIELDS = [
+_SOURCE_IP = IoTEvent._meta.get_field("source_ip")
+# What a delivery's row is given of its own, in this order (`record`)...
+_OWN_FIELDS = [
+    IoTEvent._meta.get_field(name)
+    for name in ("received_at", "message_type", "station_serial", "source_ip", "body_sha256", "body_bytes")
+]
+# ...and every other column but the key, the link to the first delivery and the body (which
+# depend on whether the digest has a first delivery already): their defaults, RECEIVED and
+# no answer yet, written into the statement rather than sent with every message.
+_DEFAULT_FIELDS = [
     field
     for field in IoTEvent._meta.concrete_fields
-    if not field.primary_key and field not in (_DUPLICATE_OF, _PAYLOAD, _RAW_BODY)
+    if not field.primary_key and field not in (*_OWN_FIELDS, _DUPLICATE_OF, _PAYLOAD, _RAW_BODY)
 ]
 
 
@@ -101,13 +108,14 @@ def _insert_sql(*, asynchronous: bool) -> str:
         # An INSERT ... SELECT gives no column type to a bare parameter on PostgreSQL.
         return f"%s::{field.db_type(connection)}" if postgres else "%s"
 
-    columns = [*_INSERT_FIELDS, _DUPLICATE_OF, _PAYLOAD, _RAW_BODY]
+    columns = [*_OWN_FIELDS, *_DEFAULT_FIELDS, _DUPLICATE_OF, _PAYLOAD, _RAW_BODY]
     lookup = (
         f"{event_partitions.PRIMARY_FUNCTION}(%s, %s::timestamptz)"
         if postgres
         else f"(SELECT id FROM {_EVENT_TABLE} WHERE body_sha256 = %s AND duplicate_of_id IS NULL)"
     )
-    values = [param(field) for field in _INSERT_FIELDS]
+    values = [param(field) for field in _OWN_FIELDS]
+    values += [_default_literal(field) for field in _DEFAULT_FIELDS]
     values += [
         "f.prior",
         f"CASE WHEN f.prior IS NULL THEN {param(_PAYLOAD)} END",
@@ -124,25 +132,18 @@ def _insert_sql(*, asynchronous: bool) -> str:
 # For this statement's transaction only (`is_local`): in autocommit, the INSERT's own.
 _ASYNCHRONOUS_COMMIT = ", set_config('synchronous_commit', 'off', true)"
 _INSERT_SQL: dict[tuple[str, bool], str] = {}
-_DEFAULT_PARAMS: dict[str, dict[str, Any]] = {}
 
 
-def _row_params(**values: Any) -> list:
-    """
-    The values of `_INSERT_FIELDS` for a new row: the delivery's own, converted for the
-    database, and every other column's default (RECEIVED, no answer yet), converted once
-    per database vendor, not per message.
-    """
-    defaults = _DEFAULT_PARAMS.get(connection.vendor)
-    if defaults is None:
-        defaults = _DEFAULT_PARAMS.setdefault(
-            connection.vendor,
-            {field.name: sql.db_value(field, field.get_default()) for field in _INSERT_FIELDS},
-        )
-    return [
-        sql.db_value(field, values[field.name]) if field.name in values else defaults[field.name]
-        for field in _INSERT_FIELDS
-    ]
+def _default_literal(field) -> str:
+    """A field's default as an SQL literal: our own constants only (text, numbers, NULL)."""
+    value = field.get_default()
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):  # IoTEventOutcome.RECEIVED too
+        return "'" + str(value).replace("'", "''") + "'"
+    if type(value) in (int, float):
+        return repr(value)
+    raise TypeError(f"No literal for the default of {field.name}: {value!r}")
 
 
 def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
@@ -160,14 +161,16 @@ def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
     """
     received_at = timezone.now()
     body_sha256 = hashlib.sha256(body.raw).hexdigest()
-    params = _row_params(
-        received_at=received_at,
-        message_type=body.message_type,
-        station_serial=body.station_serial,
-        source_ip=source_ip,
-        body_sha256=body_sha256,
-        body_bytes=len(body.raw),
-    )
+    # `_OWN_FIELDS`' values. The text and integers go to the driver as they are; the time
+    # and the address are converted as their fields convert them (SQLite takes text).
+    params = [
+        sql.db_value(_RECEIVED_AT, received_at),
+        body.message_type,
+        body.station_serial,
+        sql.db_value(_SOURCE_IP, source_ip),
+        body_sha256,
+        len(body.raw),
+    ]
     # A decoded body is stored as the text it came in: it is valid JSON that the database
     # can store as it is (`decode` refused what it cannot), and encoding the decoded object
     # again would cost more than anything else here. Undecodable bytes and NUL (PostgreSQL
@@ -178,10 +181,11 @@ def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
         if body.error
         else ""
     )
-    postgres = connection.vendor == "postgresql"
+    db = sql.db()
+    postgres = db.vendor == "postgresql"
     # Inside a transaction (a test's) the setting would last until that transaction's end.
-    asynchronous = postgres and not connection.in_atomic_block
-    key = (connection.vendor, asynchronous)
+    asynchronous = postgres and not db.in_atomic_block
+    key = (db.vendor, asynchronous)
     statement = _INSERT_SQL.get(key) or _INSERT_SQL.setdefault(key, _insert_sql(asynchronous=asynchronous))
     lookup = [body_sha256]
     if postgres:
@@ -237,11 +241,12 @@ def settled_answer(event_id: int) -> tuple[int, dict] | None:
 # of an earlier refusal, which was about one delivery (an expired token), not the body.
 # `failed_at` is set by the first failure and otherwise left as it is (COALESCE with NULL):
 # it is indexed, and unchanged it keeps this a HOT update (no new index entries).
+_SETTLED_LITERALS = ", ".join(f"'{outcome.value}'" for outcome in SETTLED)
 _SETTLE_SQL = (
     "UPDATE {table} SET outcome = %s, http_status = %s, response = %s, "
-    "error = COALESCE(%s, CASE WHEN outcome = %s THEN '' ELSE error END), "
+    f"error = COALESCE(%s, CASE WHEN outcome = '{IoTEventOutcome.REJECTED.value}' THEN '' ELSE error END), "
     "duration_ms = %s, processed_at = %s, attempts = attempts + %s, failed_at = COALESCE(failed_at, %s) "
-    "WHERE outcome NOT IN (%s, %s) AND id = %s"
+    f"WHERE outcome NOT IN ({_SETTLED_LITERALS}) AND id = %s"
 )
 _PROCESSED_AT = IoTEvent._meta.get_field("processed_at")
 _FAILED_AT = IoTEvent._meta.get_field("failed_at")
@@ -269,12 +274,10 @@ def settle(
         http_status,
         as_text(response),
         error,
-        IoTEventOutcome.REJECTED.value,
         duration_ms,
         sql.db_value(_PROCESSED_AT, now if outcome in SETTLED else None),
         1 if attempted else 0,
         sql.db_value(_FAILED_AT, now if failed else None),
-        *(settled.value for settled in SETTLED),
     ]
     # Nothing written where the row went: settled already, or (rarely) moved since by the
     # upkeep; the next place tells which.

@@ -36,7 +36,6 @@ from typing import NamedTuple
 
 import orjson
 from django.conf import settings
-from django.db import connection
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
@@ -195,7 +194,7 @@ def _lock_station(message: FullSyncMessage, *, placed: list[str]) -> tuple[Stati
     open_rentals, params = open_rentals_clause(placed, pending_at=f"{STATION_COLUMNS.table}.id")
     rows = sql.fetch(
         f"SELECT {STATION_COLUMNS.sql}, EXISTS (SELECT 1 {open_rentals}) "
-        f"FROM {STATION_COLUMNS.table} WHERE serial_number = %s{sql.for_update(Station._meta.db_table)}",
+        f"FROM {STATION_COLUMNS.table} WHERE serial_number = %s{_STATION_FOR_UPDATE}",
         [*params, device.serial_number],
     )
     if rows:
@@ -225,18 +224,23 @@ def _lock_banks(station: Station, *, serials: list[str]) -> list[tuple]:
     The banks reported in the snapshot or linked to this station, locked in id order, with
     where their slot is (a slot's station and number never change, so they need no lock).
     """
-    banks = sql.quote(PowerBank._meta.db_table)
-    slots = sql.quote(StationSlot._meta.db_table)
     serial_match, params = sql.in_values("bank.serial_number", serials)
     station_id = sql.db_value(Station._meta.pk, station.pk)
     return sql.fetch(
         "SELECT bank.id, bank.serial_number, bank.current_slot_id, "
         "CASE WHEN bank.current_station_id = %s THEN 1 ELSE 0 END, "
         "slot.slot_number, CASE WHEN slot.station_id = %s THEN 1 ELSE 0 END "
-        f"FROM {banks} bank LEFT JOIN {slots} slot ON slot.id = bank.current_slot_id "
-        f"WHERE {serial_match} OR bank.current_station_id = %s ORDER BY bank.id{sql.for_update('bank')}",
+        f"FROM {_BANK_TABLE} bank LEFT JOIN {_SLOT_TABLE} slot ON slot.id = bank.current_slot_id "
+        f"WHERE {serial_match} OR bank.current_station_id = %s ORDER BY bank.id{_BANK_FOR_UPDATE}",
         [station_id, station_id, *params, station_id],
     )
+
+
+# Written into `_lock_station`'s and `_lock_banks`' statements, worked out once.
+_BANK_TABLE = sql.quote(PowerBank._meta.db_table)
+_SLOT_TABLE = sql.quote(StationSlot._meta.db_table)
+_BANK_FOR_UPDATE = sql.for_update("bank")
+_STATION_FOR_UPDATE = sql.for_update(Station._meta.db_table)
 
 
 def apply_full_sync(message: FullSyncMessage, *, now: datetime | None = None) -> FullSyncResult:
@@ -486,6 +490,7 @@ _BANKS_INSERT = f"""
         current_slot_id = EXCLUDED.current_slot_id,
         updated_at = EXCLUDED.updated_at
 """
+_SNAPSHOT_SQL = f"WITH {_STATION_CTE}, {_SLOTS_CTE} {_BANKS_INSERT}"
 
 
 def _write_snapshot(station: Station, slots: list[_SlotRow], banks: list[_BankRow], *, now: datetime) -> None:
@@ -495,18 +500,16 @@ def _write_snapshot(station: Station, slots: list[_SlotRow], banks: list[_BankRo
     that moves or leaves out of its old slot, so no slot ever holds two banks, not even
     within the statement. New banks get a blank model and capacity; existing banks keep theirs.
     """
-    if connection.vendor != "postgresql":
+    if sql.db().vendor != "postgresql":
         _bulk_upsert(station.pk, slots, banks, now=now)
         station_params = [sql.db_value(field, getattr(station, field.attname)) for field in _STATION_SYNC_FIELDS]
-        with connection.cursor() as cursor:
-            cursor.execute(_STATION_UPDATE_SQL, [*station_params, sql.db_value(Station._meta.pk, station.pk)])
+        sql.cursor().execute(_STATION_UPDATE_SQL, [*station_params, sql.db_value(Station._meta.pk, station.pk)])
         return
     station_row = {field.column: getattr(station, field.attname) for field in _STATION_SYNC_FIELDS}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH {_STATION_CTE}, {_SLOTS_CTE} {_BANKS_INSERT}",
-            [_json(station_row), station.pk, station.pk, now, _json(slots), station.pk, now, now, _json(banks)],
-        )
+    sql.cursor().execute(
+        _SNAPSHOT_SQL,
+        [_json(station_row), station.pk, station.pk, now, _json(slots), station.pk, now, now, _json(banks)],
+    )
 
 
 def _json(value) -> str:
