@@ -132,6 +132,21 @@ def set_storage(cursor, table: str, storage: str = "MAIN") -> None:
         cursor.execute(f"ALTER TABLE {_q(table)} ALTER COLUMN {_q(column)} SET STORAGE {storage}")
 
 
+# Nothing looks rows up by their body, answer or error, so the planner has no use for
+# statistics on them. ANALYZE, which autovacuum runs on the day's partition as it fills,
+# would otherwise read and sort a sample of those values too: about half of its time on a
+# day of full syncs, and that visit is the endpoint's longest stall under load
+# (docs/performance.md, "Eleventh pass"). A partition created by PARTITION OF does not
+# inherit a column's statistics target, so every partition is given it on creation.
+UNANALYZED_COLUMNS = ("payload", "raw_body", "response", "error")
+
+
+def set_statistics(cursor, table: str, target: int = 0) -> None:
+    """No statistics on `UNANALYZED_COLUMNS` of `table` (-1: the server's default again)."""
+    for column in UNANALYZED_COLUMNS:
+        cursor.execute(f"ALTER TABLE {_q(table)} ALTER COLUMN {_q(column)} SET STATISTICS {int(target)}")
+
+
 def _digest_index_sql(table: str, index: str | None = None) -> str:
     # Each day has its own unique index over its first deliveries' digests: the parent
     # cannot have one (its unique indexes must include `received_at`). The INSERT looks a
@@ -148,6 +163,7 @@ def create_default_partition(cursor) -> None:
     cursor.execute(
         f"CREATE TABLE IF NOT EXISTS {_q(DEFAULT_PARTITION)} PARTITION OF {_q(TABLE)} DEFAULT{_STORAGE}"
     )
+    set_statistics(cursor, DEFAULT_PARTITION)
     cursor.execute(_digest_index_sql(DEFAULT_PARTITION))
 
 
@@ -156,6 +172,7 @@ def create_partition(cursor, day: date) -> str:
     cursor.execute(
         f"CREATE TABLE IF NOT EXISTS {_q(name)} PARTITION OF {_q(TABLE)} FOR VALUES {_bounds(day)}{_STORAGE}"
     )
+    set_statistics(cursor, name)
     cursor.execute(_digest_index_sql(name))
     return name
 
@@ -380,6 +397,7 @@ def _trim_partition(cursor, part: Partition, dry_run: bool) -> str:
             f"CREATE TABLE {new} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
             f"INCLUDING STORAGE{compression}){_STORAGE}"
         )
+        set_statistics(cursor, new_name)
         cursor.execute(
             f"ALTER TABLE {new} ADD CONSTRAINT {_q(new_name + '_bounds')} "
             f"CHECK (received_at >= {_at(lo)} AND received_at < {_at(hi)})"

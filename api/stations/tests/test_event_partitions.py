@@ -471,6 +471,56 @@ class BodyOutOfRowTests(TestCase):
         self.assertEqual(storage, dict.fromkeys(event_partitions.IN_ROW_COLUMNS, "m"))
 
 
+@unittest.skipUnless(ON_POSTGRES, SKIP_REASON)
+class UnanalyzedBodyTests(TestCase):
+    """ANALYZE skips the bodies, answers and errors of every day (event_partitions.UNANALYZED_COLUMNS)."""
+
+    def targets(self, table: str) -> dict[str, int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT attname, attstattarget FROM pg_attribute "
+                "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+                [table],
+            )
+            return dict(cursor.fetchall())
+
+    def assert_unanalyzed(self, table: str) -> None:
+        targets = self.targets(table)
+        self.assertEqual(
+            {column: targets.pop(column) for column in event_partitions.UNANALYZED_COLUMNS},
+            dict.fromkeys(event_partitions.UNANALYZED_COLUMNS, 0),
+            table,
+        )
+        # Every other column keeps the server's default target (-1).
+        self.assertEqual(set(targets.values()), {-1}, table)
+
+    def test_every_partition_new_existing_and_trimmed_skips_them(self):
+        day = today() - timedelta(days=10)
+        with connection.cursor() as cursor:
+            event_partitions.create_partition(cursor, day)
+        event("full", 10)
+        self.assertIn(f"trimmed {event_partitions.partition_name(day)}", maintain())
+        with connection.cursor() as cursor:
+            names = [part.name for part in event_partitions.partitions(cursor)]
+            new = event_partitions.create_partition(cursor, today() + timedelta(days=40))
+        self.assertIn(event_partitions.DEFAULT_PARTITION, names)
+        for table in [event_partitions.TABLE, *names, new]:
+            self.assert_unanalyzed(table)
+
+    def test_analyze_keeps_statistics_of_the_looked_up_columns_only(self):
+        for n in range(3):
+            body = compact(full_payload(f"86460109{n:07d}", banks={1: (f"6200000{n}", 50)}, timestamp=now_ts()))
+            self.assertEqual(deliver(body=body, source_ip=None).status, 200)
+        name = event_partitions.partition_name(today())
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {connection.ops.quote_name(name)}")
+            cursor.execute("SELECT attname FROM pg_stats WHERE tablename = %s", [name])
+            analyzed = {row[0] for row in cursor.fetchall()}
+        self.assertIn("body_sha256", analyzed)
+        self.assertIn("station_serial", analyzed)
+        self.assertFalse(analyzed & set(event_partitions.UNANALYZED_COLUMNS), analyzed)
+
+
 @override_settings(IOT_EVENT_PAYLOAD_DAYS=7, IOT_EVENT_KEEP_DAYS=90)
 class RetentionTests(TestCase):
     """The same rules on every database (on PostgreSQL the old rows start in the DEFAULT
