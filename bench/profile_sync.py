@@ -62,6 +62,8 @@ def main() -> None:
                         help="build and sign the measured requests but hand them to an application that does nothing")
     parser.add_argument("--cpu-profile", action="store_true",
                         help="cProfile timed by process CPU time: where the worker's CPU goes, waits excluded")
+    parser.add_argument("--stats-file", type=Path, default=None,
+                        help="with --cpu-profile: also save the profile here (pstats), to see who calls what")
     args = parser.parse_args()
 
     if args.limit_dir:
@@ -184,6 +186,8 @@ def main() -> None:
     if profiler and args.cpu_profile:
         import pstats
 
+        if args.stats_file:
+            profiler.dump_stats(args.stats_file)
         stats = pstats.Stats(profiler).strip_dirs()
         print("\nworker CPU by function, including callees (cProfile adds its own overhead to every call):")
         stats.sort_stats("cumulative").print_stats(45)
