@@ -9,6 +9,7 @@ figures). Everything else keeps using the ORM.
 """
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -57,7 +58,13 @@ def in_values(column: str, values: Iterable[str]) -> tuple[str, list]:
 
 def db_value(field: Field, value: Any) -> Any:
     """`value` as the database driver takes it for `field` (UUIDs, JSON, datetimes)."""
-    return field.get_db_prep_save(value, db())
+    wrapper = db()
+    # PostgreSQL's driver takes an aware datetime as it is, and Django's conversion returns
+    # it unchanged after its naive-time checks, at about 10 us a value, five times a
+    # message. (SQLite's takes text, which the conversion makes.)
+    if type(value) is datetime and value.tzinfo is not None and wrapper.vendor == "postgresql":
+        return value
+    return field.get_db_prep_save(value, wrapper)
 
 
 def cursor() -> CursorWrapper:

@@ -10,8 +10,10 @@ admin.site.index_title = "Station network"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/", include("api.users.urls")),
+    # The station data endpoint first: every message of the IoT system is matched against
+    # the patterns before its own.
     path("api/", include("api.stations.urls")),
+    path("api/", include("api.users.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/schema/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="schema-docs"),
     path("api/schema/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="schema-redoc"),
