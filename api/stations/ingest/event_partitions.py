@@ -134,7 +134,7 @@ def set_storage(cursor, table: str, storage: str = "MAIN") -> None:
 
 # Nothing looks rows up by their body, answer or error, so the planner has no use for
 # statistics on them. ANALYZE, which autovacuum runs on the day's partition as it fills,
-# would otherwise read and sort a sample of those values too: about half of its time on a
+# would otherwise read and sort a sample of those values too: about a quarter of its time on a
 # day of full syncs, and that visit is the endpoint's longest stall under load
 # (docs/performance.md, "Eleventh pass"). A partition created by PARTITION OF does not
 # inherit a column's statistics target, so every partition is given it on creation.

@@ -1,6 +1,6 @@
 """
 No planner statistics on the event log's body, answer and error: nothing filters on them,
-and sampling them was about half of every ANALYZE of a day's partition
+and sampling them was about a quarter of every ANALYZE of a day's partition
 (`event_partitions.UNANALYZED_COLUMNS` says why). New partitions are created so; this sets
 the table and the partitions that exist (ALTER TABLE on the partitioned table reaches every
 partition). PostgreSQL only: SQLite keeps no per-column statistics targets.
