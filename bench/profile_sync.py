@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--stats-file", type=Path, default=None,
                         help="with --cpu-profile: also save the profile here (pstats), to see who calls what")
     args = parser.parse_args()
+    if args.stats_file and not args.cpu_profile:
+        parser.error("--stats-file saves the --cpu-profile profile: give both")
 
     if args.limit_dir:
         application, token, database_backend = _limit_application(args)

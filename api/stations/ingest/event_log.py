@@ -115,7 +115,7 @@ def _insert_sql(*, asynchronous: bool) -> str:
         else f"(SELECT id FROM {_EVENT_TABLE} WHERE body_sha256 = %s AND duplicate_of_id IS NULL)"
     )
     values = [param(field) for field in _OWN_FIELDS]
-    values += [_default_literal(field) for field in _DEFAULT_FIELDS]
+    values += [_literal(field.get_default()) for field in _DEFAULT_FIELDS]
     values += [
         "f.prior",
         f"CASE WHEN f.prior IS NULL THEN {param(_PAYLOAD)} END",
@@ -134,16 +134,15 @@ _ASYNCHRONOUS_COMMIT = ", set_config('synchronous_commit', 'off', true)"
 _INSERT_SQL: dict[tuple[str, bool], str] = {}
 
 
-def _default_literal(field) -> str:
-    """A field's default as an SQL literal: our own constants only (text, numbers, NULL)."""
-    value = field.get_default()
+def _literal(value: Any) -> str:
+    """One of our own constants (text, a number, NULL) as an SQL literal."""
     if value is None:
         return "NULL"
-    if isinstance(value, str):  # IoTEventOutcome.RECEIVED too
+    if isinstance(value, str):  # IoTEventOutcome members too
         return "'" + str(value).replace("'", "''") + "'"
     if type(value) in (int, float):
         return repr(value)
-    raise TypeError(f"No literal for the default of {field.name}: {value!r}")
+    raise TypeError(f"No SQL literal for {value!r}")
 
 
 def record(body: Body, *, source_ip: str | None) -> LoggedDelivery:
@@ -241,12 +240,11 @@ def settled_answer(event_id: int) -> tuple[int, dict] | None:
 # of an earlier refusal, which was about one delivery (an expired token), not the body.
 # `failed_at` is set by the first failure and otherwise left as it is (COALESCE with NULL):
 # it is indexed, and unchanged it keeps this a HOT update (no new index entries).
-_SETTLED_LITERALS = ", ".join(f"'{outcome.value}'" for outcome in SETTLED)
 _SETTLE_SQL = (
     "UPDATE {table} SET outcome = %s, http_status = %s, response = %s, "
-    f"error = COALESCE(%s, CASE WHEN outcome = '{IoTEventOutcome.REJECTED.value}' THEN '' ELSE error END), "
+    f"error = COALESCE(%s, CASE WHEN outcome = {_literal(IoTEventOutcome.REJECTED)} THEN '' ELSE error END), "
     "duration_ms = %s, processed_at = %s, attempts = attempts + %s, failed_at = COALESCE(failed_at, %s) "
-    f"WHERE outcome NOT IN ({_SETTLED_LITERALS}) AND id = %s"
+    f"WHERE outcome NOT IN ({', '.join(map(_literal, SETTLED))}) AND id = %s"
 )
 _PROCESSED_AT = IoTEvent._meta.get_field("processed_at")
 _FAILED_AT = IoTEvent._meta.get_field("failed_at")
